@@ -1,0 +1,21 @@
+"""Shared test helpers: locating ../shared and skipping (or failing) when it is absent."""
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED = PROJECT_ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "pacemaker"
+DATA = SHARED / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def require_shared(path: Path) -> Path:
+    """Return ``path`` if it exists; otherwise skip, or fail when ACE_UQ_REQUIRE_SHARED=1."""
+    if path.exists():
+        return path
+    msg = f"shared file {path} is absent (it lives in ../shared next to the project)"
+    if os.environ.get("ACE_UQ_REQUIRE_SHARED") == "1":
+        pytest.fail(msg + " and ACE_UQ_REQUIRE_SHARED=1", pytrace=False)
+    pytest.skip(msg)
