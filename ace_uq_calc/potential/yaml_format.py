@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .._atomic_io import atomic_write
 
 
 class PotentialFormatError(ValueError):
@@ -501,6 +500,8 @@ def _function_entry(f: FunctionSpec) -> str:
 
 def write_potential_file(pot: PotentialFile, path) -> None:
     """Write ``pot`` as a B-basis ``.yaml``, atomically (temporary file, fsync, rename)."""
+    from .._atomic_io import atomic_write
+
     text = format_potential(pot)
     with atomic_write(path, mode="w") as handle:
         handle.write(text)

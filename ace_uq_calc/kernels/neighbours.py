@@ -1,0 +1,503 @@
+"""Neighbour lists with periodic images, per-species-pair cut-offs, O(N) bins and Numba threads.
+
+Nothing here knows about ASE. Units: Angstrom throughout.
+
+Method
+------
+1. The periodic cell vectors are kept; every non-periodic direction is replaced by a unit vector
+   orthogonal to the periodic ones (and to each other), giving an invertible "completed" cell M.
+   Fractional coordinates s = r M^-1 are then periodic coordinates along periodic directions and plain
+   Cartesian projections (Angstrom) along the others.
+2. Along periodic directions atoms are wrapped into [0, 1) (integer wrap w per atom, kept to report
+   shifts relative to the original, unwrapped positions). Along non-periodic directions empty gaps wider
+   than a few cut-offs are collapsed (binning coordinate only; distances always use true positions), so
+   one atom that has flown far away costs nothing.
+3. Atoms are counting-sorted into a grid of bins; a sphere of radius r_c spans rc * |column d of M^-1|
+   in fractional coordinate d, which gives the bin reach per direction. A bin reached across a periodic
+   boundary carries an integer lattice translation t; cells shorter than the cut-off simply give a
+   reach of several cell lengths, so all images (including self-images) are found.
+4. Two passes over atoms in ``numba.prange`` (count, then fill after a prefix sum): no races. Within
+   an atom neighbours are sorted by (j, shift), so the list does not depend on thread count or binning.
+
+For a candidate the inclusion test uses the exact reported vector
+``positions[j] + n @ cell - positions[i]`` (n = t + w_i - w_j), so ``distance < cutoff`` holds for
+every reported entry by construction.
+"""
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+# A bin is at least this fraction of the cut-off wide (before the bin-count cap enlarges it).
+_BIN_FRACTION_OF_CUTOFF = 0.5
+# Number of bins allowed: _BINS_PER_ATOM * N + _BINS_EXTRA.
+_BINS_PER_ATOM = 4
+_BINS_EXTRA = 1000
+# Empty gaps along non-periodic directions wider than this many cut-offs are collapsed for binning.
+_GAP_COLLAPSE_IN_CUTOFFS = 3.0
+# Relative tolerance under which periodic cell vectors count as degenerate.
+_DEGENERACY_TOLERANCE = 1e-10
+# Largest allowed |coordinate| (Angstrom) and |fractional coordinate| along periodic directions.
+_MAX_ABS_COORDINATE = 1e100
+_MAX_ABS_FRACTIONAL = 1e15
+# Refuse geometries needing more (bin, image) visits per atom than this (cell far shorter than r_c).
+_MAX_VISITS_PER_ATOM = 10_000_000
+
+
+class NeighbourList(NamedTuple):
+    """CSR neighbour list. Neighbours of atom i are the entries ``first[i]:first[i + 1]``.
+
+    first    (N+1,) int64    CSR offsets.
+    index    (P,)   int64    neighbour atom j (index into the N real atoms).
+    shift    (P, 3) int64    integer lattice shift n: the neighbour sits at positions[j] + n @ cell.
+    vector   (P, 3) float64  r_ij = positions[j] + n @ cell - positions[i], Angstrom.
+    distance (P,)   float64  |r_ij|, Angstrom.
+    """
+
+    first: np.ndarray
+    index: np.ndarray
+    shift: np.ndarray
+    vector: np.ndarray
+    distance: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------
+
+
+def build_neighbour_list(positions, cell, pbc, species, cutoff_matrix) -> NeighbourList:
+    """All neighbours within per-species-pair cut-offs, periodic images included.
+
+    positions (N, 3) float64 Angstrom; cell (3, 3) rows = lattice vectors, Angstrom (only the rows of
+    periodic directions are used; may be all zero when pbc is all False); pbc (3,) bool (a scalar is
+    broadcast); species (N,) int64 species index 0..S-1; cutoff_matrix (S, S) float64 cut-off in
+    Angstrom per (central species, neighbour species); it need not be symmetric.
+
+    Inclusion rule: |r_ij| < cutoff_matrix[species[i], species[j]] (strict), over all atoms j and all
+    lattice shifts n along periodic directions, except j == i at n == 0. Self-images (j == i, n != 0)
+    are included. Two distinct atoms (or an atom and another atom's image) at exactly the same point
+    are reported with distance 0, so that :func:`minimum_pair_distance` can reject them.
+
+    Atoms may lie outside the cell along periodic directions; ``shift`` refers to the positions as
+    given. Neighbours of each atom are ordered by (j, shift).
+
+    Raises ValueError for wrong shapes, non-finite positions/cell/cut-offs, negative cut-offs,
+    species outside 0..S-1, degenerate periodic cell vectors, and geometries needing an absurd number
+    of periodic images (a periodic length far below the cut-off).
+    """
+    positions, cell, pbc, species, cutoff_matrix = _validated_inputs(
+        positions, cell, pbc, species, cutoff_matrix
+    )
+    n_atoms = positions.shape[0]
+    if n_atoms == 0:
+        return _empty_neighbour_list(0)
+    present = np.unique(species)
+    cutoff_max = float(cutoff_matrix[np.ix_(present, present)].max())
+    if cutoff_max <= 0.0:
+        return _empty_neighbour_list(n_atoms)
+
+    layout = _bin_layout(positions, cell, pbc, cutoff_max)
+    bin_start, bin_atoms = _sort_atoms_into_bins(layout.atom_bin_flat, layout.n_bins)
+    wrapped_in_bin_order = np.ascontiguousarray(layout.wrapped_positions[bin_atoms])
+
+    # Prefilter radius per central species: its largest cut-off, padded against the round-off
+    # difference between wrapped and exactly reconstructed vectors.
+    cutoff_row_max = np.zeros(cutoff_matrix.shape[0])
+    cutoff_row_max[present] = cutoff_matrix[np.ix_(present, present)].max(axis=1)
+    magnitude = 1.0 + np.abs(positions).max() + np.abs(layout.wrapped_positions).max()
+    prefilter_squared = (cutoff_row_max * (1.0 + 1e-9) + 1e-9 * magnitude) ** 2
+
+    args = (
+        positions, layout.wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+        layout.periodic_cell, layout.atom_bin, layout.grid, layout.reach, layout.periodic,
+        layout.shift_bound, bin_start, bin_atoms,
+    )
+    counts = _count_neighbours(*args)
+    first = np.zeros(n_atoms + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    n_pairs = int(first[-1])
+    index = np.empty(n_pairs, dtype=np.int64)
+    shift = np.empty((n_pairs, 3), dtype=np.int64)
+    vector = np.empty((n_pairs, 3), dtype=np.float64)
+    distance = np.empty(n_pairs, dtype=np.float64)
+    _fill_neighbours(*args, first, index, shift, vector, distance)
+    return NeighbourList(first, index, shift, vector, distance)
+
+
+def minimum_pair_distance(neighbour_list: NeighbourList):
+    """Closest pair in the list: (distance in Angstrom, i, j); (inf, -1, -1) if the list is empty."""
+    distance = neighbour_list.distance
+    if distance.shape[0] == 0:
+        return math.inf, -1, -1
+    entry = int(np.argmin(distance))
+    centre = int(np.searchsorted(neighbour_list.first, entry, side="right") - 1)
+    return float(distance[entry]), centre, int(neighbour_list.index[entry])
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and geometry (numpy, O(N log N) at most)
+# ----------------------------------------------------------------------------------------------
+
+
+def _empty_neighbour_list(n_atoms: int) -> NeighbourList:
+    return NeighbourList(
+        np.zeros(n_atoms + 1, dtype=np.int64),
+        np.empty(0, dtype=np.int64),
+        np.empty((0, 3), dtype=np.int64),
+        np.empty((0, 3), dtype=np.float64),
+        np.empty(0, dtype=np.float64),
+    )
+
+
+def _validated_inputs(positions, cell, pbc, species, cutoff_matrix):
+    """Contiguous float64/int64/bool copies of the inputs; ValueError on anything invalid."""
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
+    n_atoms = positions.shape[0]
+    cell = np.ascontiguousarray(cell, dtype=np.float64)
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must have shape (3, 3), got {cell.shape}")
+    pbc_array = np.asarray(pbc)
+    if pbc_array.shape == ():
+        pbc_array = np.repeat(pbc_array, 3)
+    if pbc_array.shape != (3,):
+        raise ValueError(f"pbc must have shape (3,), got {pbc_array.shape}")
+    pbc = pbc_array.astype(bool)
+    species_array = np.asarray(species)
+    if species_array.shape != (n_atoms,):
+        raise ValueError(f"species must have shape ({n_atoms},), got {species_array.shape}")
+    if n_atoms and not np.issubdtype(species_array.dtype, np.integer):
+        raise ValueError(f"species must be integers, got dtype {species_array.dtype}")
+    species = np.ascontiguousarray(species_array, dtype=np.int64)
+    cutoff_matrix = np.ascontiguousarray(cutoff_matrix, dtype=np.float64)
+    if cutoff_matrix.ndim != 2 or cutoff_matrix.shape[0] != cutoff_matrix.shape[1]:
+        raise ValueError(f"cutoff_matrix must be square (S, S), got {cutoff_matrix.shape}")
+    n_species = cutoff_matrix.shape[0]
+    if not np.all(np.isfinite(cutoff_matrix)):
+        raise ValueError("cutoff_matrix contains NaN or inf")
+    if np.any(cutoff_matrix < 0.0):
+        raise ValueError("cutoff_matrix contains negative cut-offs")
+    if n_atoms and (species.min() < 0 or species.max() >= n_species):
+        raise ValueError(f"species indices must lie in 0..{n_species - 1}")
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions contain NaN or inf")
+    if n_atoms and np.abs(positions).max() > _MAX_ABS_COORDINATE:
+        raise ValueError(f"positions beyond {_MAX_ABS_COORDINATE:g} Angstrom")
+    periodic_rows = cell[pbc]
+    if not np.all(np.isfinite(periodic_rows)):
+        raise ValueError("cell vectors of periodic directions contain NaN or inf")
+    _check_periodic_vectors(periodic_rows)
+    return positions, cell, pbc, species, cutoff_matrix
+
+
+def _check_periodic_vectors(periodic_rows):
+    """ValueError if the periodic cell vectors are zero or linearly dependent."""
+    lengths = np.linalg.norm(periodic_rows, axis=1)
+    if np.any(lengths == 0.0):
+        raise ValueError("a periodic direction has a zero-length cell vector")
+    if periodic_rows.shape[0] == 2:
+        area = np.linalg.norm(np.cross(periodic_rows[0], periodic_rows[1]))
+        if area <= _DEGENERACY_TOLERANCE * lengths.prod():
+            raise ValueError("the two periodic cell vectors are parallel (degenerate cell)")
+    elif periodic_rows.shape[0] == 3:
+        volume = abs(np.linalg.det(periodic_rows))
+        if volume <= _DEGENERACY_TOLERANCE * lengths.prod():
+            raise ValueError("the periodic cell vectors are linearly dependent (zero cell volume)")
+
+
+def _completed_cell(cell, pbc):
+    """Periodic rows of ``cell``; non-periodic rows replaced by orthonormal vectors orthogonal to them."""
+    completed = np.zeros((3, 3))
+    periodic_dirs = np.flatnonzero(pbc)
+    free_dirs = np.flatnonzero(~pbc)
+    completed[periodic_dirs] = cell[periodic_dirs]
+    if len(periodic_dirs) == 0:
+        completed[:] = np.eye(3)
+    elif len(periodic_dirs) == 1:
+        a = cell[periodic_dirs[0]] / np.linalg.norm(cell[periodic_dirs[0]])
+        least_aligned_axis = np.eye(3)[np.argmin(np.abs(a))]
+        e1 = np.cross(a, least_aligned_axis)
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(a, e1)
+        e2 /= np.linalg.norm(e2)
+        completed[free_dirs[0]] = e1
+        completed[free_dirs[1]] = e2
+    elif len(periodic_dirs) == 2:
+        normal = np.cross(cell[periodic_dirs[0]], cell[periodic_dirs[1]])
+        completed[free_dirs[0]] = normal / np.linalg.norm(normal)
+    return completed
+
+
+def _collapsed_coordinate(values, max_gap):
+    """Coordinate along a non-periodic direction with every empty gap wider than max_gap shrunk to
+    max_gap (Angstrom), shifted to start at 0. Gaps up to max_gap keep their exact widths (up to one
+    rounding), so pairs closer than max_gap keep their separation."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    removed = np.maximum(np.diff(sorted_values) - max_gap, 0.0)
+    removed_before = np.concatenate(([0.0], np.cumsum(removed)))
+    collapsed = np.empty_like(values)
+    collapsed[order] = sorted_values - removed_before
+    return collapsed - collapsed.min()
+
+
+class _BinLayout(NamedTuple):
+    wrap: np.ndarray               # (N, 3) int64, integer wrap: wrapped = positions - wrap @ cell
+    wrapped_positions: np.ndarray  # (N, 3) float64, Angstrom
+    periodic_cell: np.ndarray      # (3, 3) float64, cell with non-periodic rows zeroed
+    atom_bin: np.ndarray           # (N, 3) int64, bin coordinates per atom
+    atom_bin_flat: np.ndarray      # (N,) int64
+    grid: np.ndarray               # (3,) int64, bins per direction
+    reach: np.ndarray              # (3,) int64, bins searched on each side
+    periodic: np.ndarray           # (3,) int64, 1 for periodic directions
+    shift_bound: np.ndarray        # (3,) int64, bound on |lattice translation| of a visited bin
+    n_bins: int
+    bin_width: float               # target bin width used, Angstrom
+
+
+def _bin_layout(positions, cell, pbc, cutoff_max) -> _BinLayout:
+    """Wrap atoms, choose the bin grid (bounded number of bins) and assign atoms to bins."""
+    n_atoms = positions.shape[0]
+    completed = _completed_cell(cell, pbc)
+    inverse = np.linalg.inv(completed)
+    fractional = positions @ inverse
+    # A sphere of radius r spans r * |column d of M^-1| in fractional coordinate d.
+    fractional_per_angstrom = np.linalg.norm(inverse, axis=0)
+    periodic_cell = np.where(pbc[:, None], cell, 0.0)
+
+    wrap = np.zeros((n_atoms, 3), dtype=np.int64)
+    coordinate = np.empty((n_atoms, 3))  # wrapped fractional (periodic) or collapsed Angstrom (free)
+    extent = np.empty(3)                 # coordinate range per direction
+    for d in range(3):
+        if pbc[d]:
+            s = fractional[:, d]
+            if np.abs(s).max() > _MAX_ABS_FRACTIONAL:
+                raise ValueError("an atom lies too many cell lengths outside the periodic cell")
+            w = np.floor(s)
+            s_wrapped = s - w
+            rounded_up = s_wrapped >= 1.0
+            s_wrapped[rounded_up] = 0.0
+            w[rounded_up] += 1.0
+            wrap[:, d] = w.astype(np.int64)
+            coordinate[:, d] = s_wrapped
+            extent[d] = 1.0
+        else:
+            coordinate[:, d] = _collapsed_coordinate(
+                fractional[:, d], _GAP_COLLAPSE_IN_CUTOFFS * cutoff_max
+            )
+            extent[d] = coordinate[:, d].max()
+    wrapped_positions = positions - wrap.astype(np.float64) @ periodic_cell
+
+    # Bin width slightly above r_c / 2 so that the reach is not an exact integer (which would cost an
+    # extra layer of bins after the safety margin below).
+    bin_width = cutoff_max * _BIN_FRACTION_OF_CUTOFF * (1.0 + 1e-6)
+    max_bins = _BINS_PER_ATOM * n_atoms + _BINS_EXTRA
+    while True:
+        grid = np.empty(3, dtype=np.int64)
+        for d in range(3):
+            if pbc[d]:
+                plane_spacing = 1.0 / fractional_per_angstrom[d]
+                grid[d] = max(1, int(plane_spacing / bin_width))
+            else:
+                grid[d] = int(extent[d] / bin_width) + 1
+        n_bins = int(np.prod(grid.astype(np.float64)))
+        if n_bins <= max_bins:
+            break
+        bin_width *= max(1.01, 1.01 * (n_bins / max_bins) ** (1.0 / 3.0))
+
+    periodic = pbc.astype(np.int64)
+    reach = np.empty(3, dtype=np.int64)
+    atom_bin = np.empty((n_atoms, 3), dtype=np.int64)
+    for d in range(3):
+        if pbc[d]:
+            bins_per_fraction = grid[d]
+        else:
+            bins_per_fraction = 1.0 / bin_width
+        span_in_bins = cutoff_max * fractional_per_angstrom[d] * bins_per_fraction
+        reach[d] = int(math.ceil(span_in_bins * (1.0 + 1e-9)))
+        atom_bin[:, d] = np.minimum((coordinate[:, d] * bins_per_fraction).astype(np.int64), grid[d] - 1)
+    visits = np.prod((2 * reach + 1).astype(np.float64))
+    if visits > _MAX_VISITS_PER_ATOM:
+        raise ValueError(
+            f"the cut-off {cutoff_max:g} A is too long for the periodic cell: {visits:.3g} bin/image "
+            "visits per atom would be needed (degenerate or tiny cell?)"
+        )
+    shift_bound = np.where(pbc, reach // grid + 1, 0).astype(np.int64)
+    atom_bin_flat = (atom_bin[:, 0] * grid[1] + atom_bin[:, 1]) * grid[2] + atom_bin[:, 2]
+    return _BinLayout(
+        wrap, np.ascontiguousarray(wrapped_positions), np.ascontiguousarray(periodic_cell), atom_bin,
+        atom_bin_flat, grid, reach, periodic, shift_bound, n_bins, bin_width,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Numba kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _sort_atoms_into_bins(atom_bin_flat, n_bins):
+    """Counting sort: atoms of bin b are bin_atoms[bin_start[b]:bin_start[b + 1]], ascending."""
+    n_atoms = atom_bin_flat.shape[0]
+    bin_start = np.zeros(n_bins + 1, dtype=np.int64)
+    for a in range(n_atoms):
+        bin_start[atom_bin_flat[a] + 1] += 1
+    for b in range(n_bins):
+        bin_start[b + 1] += bin_start[b]
+    cursor = bin_start[:-1].copy()
+    bin_atoms = np.empty(n_atoms, dtype=np.int64)
+    for a in range(n_atoms):
+        b = atom_bin_flat[a]
+        bin_atoms[cursor[b]] = a
+        cursor[b] += 1
+    return bin_start, bin_atoms
+
+
+@njit(cache=True, inline="always")
+def _bin_and_translation(centre_bin, offset, bins, is_periodic):
+    """Bin index reached from centre_bin + offset along one direction and its lattice translation;
+    bin -1 when it falls off a non-periodic edge."""
+    c = centre_bin + offset
+    if is_periodic:
+        translation = c // bins  # floor division, also for negative c
+        return c - translation * bins, translation
+    if c < 0 or c >= bins:
+        return -1, 0
+    return c, 0
+
+
+@njit(cache=True)
+def _visit_neighbours(
+    i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+    write, out_index, out_shift, out_vector, out_distance, out_key,
+):
+    """Count the neighbours of atom i; if ``write``, also store them (unsorted) in the out_* buffers
+    from position 0, with the sort key (j, translation) in out_key. Returns the count."""
+    count = 0
+    species_i = species[i]
+    pre_r2 = prefilter_squared[species_i]
+    xi = positions[i, 0]
+    yi = positions[i, 1]
+    zi = positions[i, 2]
+    qx = xi - (wrap[i, 0] * periodic_cell[0, 0] + wrap[i, 1] * periodic_cell[1, 0]
+               + wrap[i, 2] * periodic_cell[2, 0])
+    qy = yi - (wrap[i, 0] * periodic_cell[0, 1] + wrap[i, 1] * periodic_cell[1, 1]
+               + wrap[i, 2] * periodic_cell[2, 1])
+    qz = zi - (wrap[i, 0] * periodic_cell[0, 2] + wrap[i, 1] * periodic_cell[1, 2]
+               + wrap[i, 2] * periodic_cell[2, 2])
+    span1 = 2 * shift_bound[1] + 1
+    span2 = 2 * shift_bound[2] + 1
+    shifts_per_atom = (2 * shift_bound[0] + 1) * span1 * span2
+    for k0 in range(-reach[0], reach[0] + 1):
+        b0, t0 = _bin_and_translation(atom_bin[i, 0], k0, grid[0], periodic[0])
+        if b0 < 0:
+            continue
+        for k1 in range(-reach[1], reach[1] + 1):
+            b1, t1 = _bin_and_translation(atom_bin[i, 1], k1, grid[1], periodic[1])
+            if b1 < 0:
+                continue
+            for k2 in range(-reach[2], reach[2] + 1):
+                b2, t2 = _bin_and_translation(atom_bin[i, 2], k2, grid[2], periodic[2])
+                if b2 < 0:
+                    continue
+                # translation t @ cell minus the wrapped centre
+                dx0 = t0 * periodic_cell[0, 0] + t1 * periodic_cell[1, 0] + t2 * periodic_cell[2, 0] - qx
+                dy0 = t0 * periodic_cell[0, 1] + t1 * periodic_cell[1, 1] + t2 * periodic_cell[2, 1] - qy
+                dz0 = t0 * periodic_cell[0, 2] + t1 * periodic_cell[1, 2] + t2 * periodic_cell[2, 2] - qz
+                translation_key = ((t0 + shift_bound[0]) * span1 + (t1 + shift_bound[1])) * span2 + (
+                    t2 + shift_bound[2])
+                b = (b0 * grid[1] + b1) * grid[2] + b2
+                for p in range(bin_start[b], bin_start[b + 1]):
+                    dx = wrapped_in_bin_order[p, 0] + dx0
+                    dy = wrapped_in_bin_order[p, 1] + dy0
+                    dz = wrapped_in_bin_order[p, 2] + dz0
+                    if dx * dx + dy * dy + dz * dz >= pre_r2:
+                        continue
+                    j = bin_atoms[p]
+                    n0 = t0 + wrap[i, 0] - wrap[j, 0]
+                    n1 = t1 + wrap[i, 1] - wrap[j, 1]
+                    n2 = t2 + wrap[i, 2] - wrap[j, 2]
+                    if j == i and n0 == 0 and n1 == 0 and n2 == 0:
+                        continue
+                    vx = positions[j, 0] - xi + (n0 * periodic_cell[0, 0] + n1 * periodic_cell[1, 0]
+                                                 + n2 * periodic_cell[2, 0])
+                    vy = positions[j, 1] - yi + (n0 * periodic_cell[0, 1] + n1 * periodic_cell[1, 1]
+                                                 + n2 * periodic_cell[2, 1])
+                    vz = positions[j, 2] - zi + (n0 * periodic_cell[0, 2] + n1 * periodic_cell[1, 2]
+                                                 + n2 * periodic_cell[2, 2])
+                    r = math.sqrt(vx * vx + vy * vy + vz * vz)
+                    if not r < cutoff_matrix[species_i, species[j]]:
+                        continue
+                    if write:
+                        out_index[count] = j
+                        out_shift[count, 0] = n0
+                        out_shift[count, 1] = n1
+                        out_shift[count, 2] = n2
+                        out_vector[count, 0] = vx
+                        out_vector[count, 1] = vy
+                        out_vector[count, 2] = vz
+                        out_distance[count] = r
+                        # for fixed j, n differs from t by a constant: sorting by t sorts by n
+                        out_key[count] = j * shifts_per_atom + translation_key
+                    count += 1
+    return count
+
+
+@njit(cache=True, parallel=True)
+def _count_neighbours(
+    positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+):
+    """Number of neighbours per atom (N,) int64."""
+    n_atoms = positions.shape[0]
+    counts = np.empty(n_atoms, dtype=np.int64)
+    no_index = np.empty(0, dtype=np.int64)
+    no_shift = np.empty((0, 3), dtype=np.int64)
+    no_vector = np.empty((0, 3), dtype=np.float64)
+    no_distance = np.empty(0, dtype=np.float64)
+    for i in prange(n_atoms):
+        counts[i] = _visit_neighbours(
+            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+            periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+            False, no_index, no_shift, no_vector, no_distance, no_index,
+        )
+    return counts
+
+
+@njit(cache=True, parallel=True)
+def _fill_neighbours(
+    positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+    first, index, shift, vector, distance,
+):
+    """Write every atom's neighbours into its CSR slot first[i]:first[i+1], sorted by (j, shift)."""
+    n_atoms = positions.shape[0]
+    for i in prange(n_atoms):
+        start = first[i]
+        n_neigh = first[i + 1] - start
+        local_index = np.empty(n_neigh, dtype=np.int64)
+        local_shift = np.empty((n_neigh, 3), dtype=np.int64)
+        local_vector = np.empty((n_neigh, 3), dtype=np.float64)
+        local_distance = np.empty(n_neigh, dtype=np.float64)
+        local_key = np.empty(n_neigh, dtype=np.int64)
+        _visit_neighbours(
+            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+            periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+            True, local_index, local_shift, local_vector, local_distance, local_key,
+        )
+        order = np.argsort(local_key)
+        for q in range(n_neigh):
+            src = order[q]
+            dst = start + q
+            index[dst] = local_index[src]
+            shift[dst, 0] = local_shift[src, 0]
+            shift[dst, 1] = local_shift[src, 1]
+            shift[dst, 2] = local_shift[src, 2]
+            vector[dst, 0] = local_vector[src, 0]
+            vector[dst, 1] = local_vector[src, 1]
+            vector[dst, 2] = local_vector[src, 2]
+            distance[dst] = local_distance[src]
