@@ -133,9 +133,10 @@ def _coupled_states(j1: int, j2: int) -> dict:
         for m1 in range(-j1, j1 + 1):
             if abs(J - m1) <= j2:
                 top[index(m1, J - m1)] = 1.0 + 0.1 * m1  # generic start vector
-        for Jp in range(J + 1, j1 + j2 + 1):
-            other = states[(Jp, J)]
-            top -= (other @ top) * other
+        for _ in range(2):  # Gram-Schmidt twice for numerical orthogonality
+            for Jp in range(J + 1, j1 + j2 + 1):
+                other = states[(Jp, J)]
+                top -= (other @ top) * other
         top /= np.linalg.norm(top)
         if top[index(j1, J - j1)] < 0:
             top = -top
@@ -157,7 +158,7 @@ def test_cg_against_lowering_operator_construction():
                     for m2 in range(-j2, j2 + 1):
                         ref = vec[(m1 + j1) * (2 * j2 + 1) + (m2 + j2)]
                         worst = max(worst, abs(clebsch_gordan(j1, m1, j2, m2, J, M) - ref))
-    assert worst < 1e-12
+    assert worst < 1e-13
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def test_complete_lint_full_and_short():
     [
         ((1,), (), "rank-1"),
         ((0,), (0,), "rank-1"),
-        ((1, 2), (), "l_1 = l_2"),
+        ((1, 3), (), "l_1 = l_2"),
         ((2, 2), (0,), "no lint"),
         ((1, 1, 1), (0,), "odd"),
         ((1, 1, 2), (0,), "L_1 = l_3"),
@@ -202,7 +203,7 @@ def test_complete_lint_full_and_short():
         ((1, 1, 1, 1, 2), (2, 0, 0), "L_3 = l_5"),
         ((1, 1, 1, 1, 2, 2), (2, 0, 2, 0), "L_3 = L_4"),
         ((1, 1, 2, 2), (3, 3), "triangle"),
-        ((1, 2, 1, 2, 2), (2, 3, 6), "triangle"),
+        ((1, 2, 1, 2, 2), (4, 2, 2), "triangle"),
         ((1, 1, 1, 1), (), "length"),
         ((1, 1, 1, 1), (2, 2, 2), "length"),
         ((1, -1), (), "negative"),
@@ -313,7 +314,7 @@ def _b_half(ls, lint, factors):
 
 def test_full_sum_equals_half_sum():
     rng = np.random.default_rng(12345)
-    for ls, lint in CASES + [((1, 1, 1, 1, 1, 1, 2), (2, 2, 0, 2, 2)), ((2, 1, 1, 2, 1, 1, 2, 2), (1, 2, 2, 2, 1, 2))]:
+    for ls, lint in CASES + [((1, 1, 1, 1, 1, 1, 2), (2, 2, 0, 2, 2)), ((2, 1, 1, 2, 1, 1, 2, 2), (1, 2, 2, 2, 2, 2))]:
         for _ in range(3):
             factors = [_random_a(rng, l) for l in ls]
             full = _b_full(ls, lint, factors)

@@ -114,15 +114,17 @@ def build_neighbour_list(positions, cell, pbc, species, cutoff_matrix) -> Neighb
         layout.periodic_cell, layout.atom_bin, layout.grid, layout.reach, layout.periodic,
         layout.shift_bound, bin_start, bin_atoms,
     )
-    counts = _count_neighbours(*args)
+    counts = np.empty(n_atoms, dtype=np.int64)
     first = np.zeros(n_atoms + 1, dtype=np.int64)
+    no_pairs = _empty_neighbour_list(n_atoms)
+    _neighbour_pass(False, *args, counts, first, *no_pairs[1:])
     np.cumsum(counts, out=first[1:])
     n_pairs = int(first[-1])
     index = np.empty(n_pairs, dtype=np.int64)
     shift = np.empty((n_pairs, 3), dtype=np.int64)
     vector = np.empty((n_pairs, 3), dtype=np.float64)
     distance = np.empty(n_pairs, dtype=np.float64)
-    _fill_neighbours(*args, first, index, shift, vector, distance)
+    _neighbour_pass(True, *args, counts, first, index, shift, vector, distance)
     return NeighbourList(first, index, shift, vector, distance)
 
 
@@ -447,57 +449,89 @@ def _visit_neighbours(
     return count
 
 
-@njit(cache=True, parallel=True)
-def _count_neighbours(
-    positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+@njit(cache=True)
+def _argsort_unique_keys(keys):
+    """Permutation sorting ``keys`` ascending (bottom-up merge sort; small and quick to compile)."""
+    n = keys.shape[0]
+    order = np.arange(n)
+    buffer = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        for left in range(0, n, 2 * width):
+            middle = min(left + width, n)
+            right = min(left + 2 * width, n)
+            a = left
+            b = middle
+            out = left
+            while a < middle and b < right:
+                if keys[order[b]] < keys[order[a]]:
+                    buffer[out] = order[b]
+                    b += 1
+                else:
+                    buffer[out] = order[a]
+                    a += 1
+                out += 1
+            while a < middle:
+                buffer[out] = order[a]
+                a += 1
+                out += 1
+            while b < right:
+                buffer[out] = order[b]
+                b += 1
+                out += 1
+        order, buffer = buffer, order
+        width *= 2
+    return order
+
+
+@njit(cache=True)
+def _neighbours_of_atom(
+    i, fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
     periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+    counts, first, index, shift, vector, distance,
 ):
-    """Number of neighbours per atom (N,) int64."""
-    n_atoms = positions.shape[0]
-    counts = np.empty(n_atoms, dtype=np.int64)
-    no_index = np.empty(0, dtype=np.int64)
-    no_shift = np.empty((0, 3), dtype=np.int64)
-    no_vector = np.empty((0, 3), dtype=np.float64)
-    no_distance = np.empty(0, dtype=np.float64)
-    for i in prange(n_atoms):
-        counts[i] = _visit_neighbours(
-            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-            periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-            False, no_index, no_shift, no_vector, no_distance, no_index,
-        )
-    return counts
+    """Count pass (fill False): counts[i] = number of neighbours of atom i.
+    Fill pass (fill True): write the neighbours of atom i into first[i]:first[i+1], sorted by (j, shift)."""
+    n_local = first[i + 1] - first[i] if fill else 0
+    local_index = np.empty(n_local, dtype=np.int64)
+    local_shift = np.empty((n_local, 3), dtype=np.int64)
+    local_vector = np.empty((n_local, 3), dtype=np.float64)
+    local_distance = np.empty(n_local, dtype=np.float64)
+    local_key = np.empty(n_local, dtype=np.int64)
+    found = _visit_neighbours(
+        i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+        periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
+        fill, local_index, local_shift, local_vector, local_distance, local_key,
+    )
+    if not fill:
+        counts[i] = found
+        return
+    order = _argsort_unique_keys(local_key)
+    start = first[i]
+    for q in range(n_local):
+        src = order[q]
+        dst = start + q
+        index[dst] = local_index[src]
+        shift[dst, 0] = local_shift[src, 0]
+        shift[dst, 1] = local_shift[src, 1]
+        shift[dst, 2] = local_shift[src, 2]
+        vector[dst, 0] = local_vector[src, 0]
+        vector[dst, 1] = local_vector[src, 1]
+        vector[dst, 2] = local_vector[src, 2]
+        distance[dst] = local_distance[src]
 
 
 @njit(cache=True, parallel=True)
-def _fill_neighbours(
-    positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+def _neighbour_pass(
+    fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
     periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-    first, index, shift, vector, distance,
+    counts, first, index, shift, vector, distance,
 ):
-    """Write every atom's neighbours into its CSR slot first[i]:first[i+1], sorted by (j, shift)."""
-    n_atoms = positions.shape[0]
-    for i in prange(n_atoms):
-        start = first[i]
-        n_neigh = first[i + 1] - start
-        local_index = np.empty(n_neigh, dtype=np.int64)
-        local_shift = np.empty((n_neigh, 3), dtype=np.int64)
-        local_vector = np.empty((n_neigh, 3), dtype=np.float64)
-        local_distance = np.empty(n_neigh, dtype=np.float64)
-        local_key = np.empty(n_neigh, dtype=np.int64)
-        _visit_neighbours(
-            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    """One pass over all atoms in parallel (see :func:`_neighbours_of_atom`); each atom writes only
+    its own counts[i] or CSR slot, so there are no races. One kernel for both passes: one compilation."""
+    for i in prange(positions.shape[0]):
+        _neighbours_of_atom(
+            i, fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
             periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-            True, local_index, local_shift, local_vector, local_distance, local_key,
+            counts, first, index, shift, vector, distance,
         )
-        order = np.argsort(local_key)
-        for q in range(n_neigh):
-            src = order[q]
-            dst = start + q
-            index[dst] = local_index[src]
-            shift[dst, 0] = local_shift[src, 0]
-            shift[dst, 1] = local_shift[src, 1]
-            shift[dst, 2] = local_shift[src, 2]
-            vector[dst, 0] = local_vector[src, 0]
-            vector[dst, 1] = local_vector[src, 1]
-            vector[dst, 2] = local_vector[src, 2]
-            distance[dst] = local_distance[src]
