@@ -85,3 +85,25 @@ def test_projections_and_densities(name, k):
         assert np.abs(res.densities[i, : len(rho_ref)] - rho_ref).max() <= 1e-10 * max(np.abs(rho_ref).max(), 1e-12)
         df_ref = ref[p + "dF_drho"][i]
         assert np.abs(res.dF_drho[i, : len(df_ref)] - df_ref).max() <= 1e-10 * max(np.abs(df_ref).max(), 1e-12)
+
+
+def _gamma_cases():
+    out = [(name, k, f"{name}.asi", "gamma") for name, k in cases()]
+    out += [("AlNi_fs", k, "AlNi_fs_nonlinear.asi", "gamma_nonlinear") for k in range(11)]
+    return out
+
+
+@pytest.mark.parametrize("name,k,asi,key", _gamma_cases())
+def test_gamma_through_calculator(name, k, asi, key):
+    """gamma with every shared .asi (linear and non-linear) within |dgamma| <= 1e-12 kappa gamma + 1e-12."""
+    from ace_uq_calc import ACECalculator
+
+    basis, ref = reference(name)
+    atoms, p = structure(ref, k)
+    atoms.calc = ACECalculator(basis, active_set=require_shared(FIXTURES / asi))
+    atoms.get_potential_energy()
+    gamma = atoms.calc.results["gamma"]
+    gamma_ref = ref[p + key]
+    kappa = ref[p + key.replace("gamma", "gamma") + "_amplification"]
+    assert np.all(np.abs(gamma - gamma_ref) <= 1e-12 * kappa * gamma_ref + 1e-12)
+    assert atoms.calc.results["max_gamma"] == pytest.approx(gamma.max(), rel=0, abs=0)

@@ -109,22 +109,25 @@ def build_neighbour_list(positions, cell, pbc, species, cutoff_matrix) -> Neighb
     magnitude = 1.0 + np.abs(positions).max() + np.abs(layout.wrapped_positions).max()
     prefilter_squared = (cutoff_row_max * (1.0 + 1e-9) + 1e-9 * magnitude) ** 2
 
+    bin_grid = np.ascontiguousarray(
+        np.stack([layout.grid, layout.reach, layout.periodic, layout.shift_bound]), dtype=np.int64
+    )
     args = (
         positions, layout.wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-        layout.periodic_cell, layout.atom_bin, layout.grid, layout.reach, layout.periodic,
-        layout.shift_bound, bin_start, bin_atoms,
+        layout.periodic_cell, layout.atom_bin, bin_grid, bin_start, bin_atoms,
     )
-    counts = np.empty(n_atoms, dtype=np.int64)
+    if n_atoms * float(np.prod(2 * layout.shift_bound + 1)) >= 2.0**62:
+        raise ValueError("too many atoms and periodic images for 64-bit neighbour sort keys")
     first = np.zeros(n_atoms + 1, dtype=np.int64)
     no_pairs = _empty_neighbour_list(n_atoms)
-    _neighbour_pass(False, *args, counts, first, *no_pairs[1:])
-    np.cumsum(counts, out=first[1:])
+    _neighbour_pass(False, *args, first, *no_pairs[1:])  # neighbour counts into first[1:]
+    np.cumsum(first, out=first)
     n_pairs = int(first[-1])
     index = np.empty(n_pairs, dtype=np.int64)
     shift = np.empty((n_pairs, 3), dtype=np.int64)
     vector = np.empty((n_pairs, 3), dtype=np.float64)
     distance = np.empty(n_pairs, dtype=np.float64)
-    _neighbour_pass(True, *args, counts, first, index, shift, vector, distance)
+    _neighbour_pass(True, *args, first, index, shift, vector, distance)
     return NeighbourList(first, index, shift, vector, distance)
 
 
@@ -358,7 +361,7 @@ def _sort_atoms_into_bins(atom_bin_flat, n_bins):
     return bin_start, bin_atoms
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _bin_and_translation(centre_bin, offset, bins, is_periodic):
     """Bin index reached from centre_bin + offset along one direction and its lattice translation;
     bin -1 when it falls off a non-periodic edge."""
@@ -372,28 +375,53 @@ def _bin_and_translation(centre_bin, offset, bins, is_periodic):
 
 
 @njit(cache=True)
+def _image_vector(positions, periodic_cell, i, j, n0, n1, n2):
+    """r_ij = positions[j] + n @ cell - positions[i] (Angstrom) and its length. The single place
+    where reported vectors are computed, so the inclusion test and the output agree bit for bit."""
+    vx = positions[j, 0] - positions[i, 0] + (
+        n0 * periodic_cell[0, 0] + n1 * periodic_cell[1, 0] + n2 * periodic_cell[2, 0])
+    vy = positions[j, 1] - positions[i, 1] + (
+        n0 * periodic_cell[0, 1] + n1 * periodic_cell[1, 1] + n2 * periodic_cell[2, 1])
+    vz = positions[j, 2] - positions[i, 2] + (
+        n0 * periodic_cell[0, 2] + n1 * periodic_cell[1, 2] + n2 * periodic_cell[2, 2])
+    return vx, vy, vz, math.sqrt(vx * vx + vy * vy + vz * vz)
+
+
+@njit(cache=True)
+def _translations_per_atom(bin_grid):
+    """Number of distinct lattice translations of visited bins: the stride of j in the sort key."""
+    shift_bound = bin_grid[3]
+    return (2 * shift_bound[0] + 1) * (2 * shift_bound[1] + 1) * (2 * shift_bound[2] + 1)
+
+
+@njit(cache=True)
 def _visit_neighbours(
     i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-    periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-    write, out_index, out_shift, out_vector, out_distance, out_key,
+    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, write, out_key,
 ):
-    """Count the neighbours of atom i; if ``write``, also store them (unsorted) in the out_* buffers
-    from position 0, with the sort key (j, translation) in out_key. Returns the count."""
+    """Count the neighbours of atom i; if ``write``, also store their sort keys
+    j * translations_per_atom + (code of the bin translation t) in out_key. Returns the count.
+
+    bin_grid (4, 3) int64 rows: bins per direction, bins searched on each side, 1 if periodic,
+    bound on |lattice translation| of a visited bin. The shift of a neighbour is n = t + w_i - w_j,
+    so for a fixed j the key orders shifts lexicographically."""
+    grid = bin_grid[0]
+    reach = bin_grid[1]
+    periodic = bin_grid[2]
+    shift_bound = bin_grid[3]
+    span1 = 2 * shift_bound[1] + 1
+    span2 = 2 * shift_bound[2] + 1
+    translations_per_atom = _translations_per_atom(bin_grid)
     count = 0
     species_i = species[i]
     pre_r2 = prefilter_squared[species_i]
-    xi = positions[i, 0]
-    yi = positions[i, 1]
-    zi = positions[i, 2]
-    qx = xi - (wrap[i, 0] * periodic_cell[0, 0] + wrap[i, 1] * periodic_cell[1, 0]
-               + wrap[i, 2] * periodic_cell[2, 0])
-    qy = yi - (wrap[i, 0] * periodic_cell[0, 1] + wrap[i, 1] * periodic_cell[1, 1]
-               + wrap[i, 2] * periodic_cell[2, 1])
-    qz = zi - (wrap[i, 0] * periodic_cell[0, 2] + wrap[i, 1] * periodic_cell[1, 2]
-               + wrap[i, 2] * periodic_cell[2, 2])
-    span1 = 2 * shift_bound[1] + 1
-    span2 = 2 * shift_bound[2] + 1
-    shifts_per_atom = (2 * shift_bound[0] + 1) * span1 * span2
+    wi0 = wrap[i, 0]
+    wi1 = wrap[i, 1]
+    wi2 = wrap[i, 2]
+    # wrapped position of atom i
+    qx = positions[i, 0] - (wi0 * periodic_cell[0, 0] + wi1 * periodic_cell[1, 0] + wi2 * periodic_cell[2, 0])
+    qy = positions[i, 1] - (wi0 * periodic_cell[0, 1] + wi1 * periodic_cell[1, 1] + wi2 * periodic_cell[2, 1])
+    qz = positions[i, 2] - (wi0 * periodic_cell[0, 2] + wi1 * periodic_cell[1, 2] + wi2 * periodic_cell[2, 2])
     for k0 in range(-reach[0], reach[0] + 1):
         b0, t0 = _bin_and_translation(atom_bin[i, 0], k0, grid[0], periodic[0])
         if b0 < 0:
@@ -406,132 +434,145 @@ def _visit_neighbours(
                 b2, t2 = _bin_and_translation(atom_bin[i, 2], k2, grid[2], periodic[2])
                 if b2 < 0:
                     continue
-                # translation t @ cell minus the wrapped centre
-                dx0 = t0 * periodic_cell[0, 0] + t1 * periodic_cell[1, 0] + t2 * periodic_cell[2, 0] - qx
-                dy0 = t0 * periodic_cell[0, 1] + t1 * periodic_cell[1, 1] + t2 * periodic_cell[2, 1] - qy
-                dz0 = t0 * periodic_cell[0, 2] + t1 * periodic_cell[1, 2] + t2 * periodic_cell[2, 2] - qz
-                translation_key = ((t0 + shift_bound[0]) * span1 + (t1 + shift_bound[1])) * span2 + (
+                # bin translation t @ cell minus the wrapped centre
+                ox = t0 * periodic_cell[0, 0] + t1 * periodic_cell[1, 0] + t2 * periodic_cell[2, 0] - qx
+                oy = t0 * periodic_cell[0, 1] + t1 * periodic_cell[1, 1] + t2 * periodic_cell[2, 1] - qy
+                oz = t0 * periodic_cell[0, 2] + t1 * periodic_cell[1, 2] + t2 * periodic_cell[2, 2] - qz
+                translation_code = ((t0 + shift_bound[0]) * span1 + (t1 + shift_bound[1])) * span2 + (
                     t2 + shift_bound[2])
                 b = (b0 * grid[1] + b1) * grid[2] + b2
                 for p in range(bin_start[b], bin_start[b + 1]):
-                    dx = wrapped_in_bin_order[p, 0] + dx0
-                    dy = wrapped_in_bin_order[p, 1] + dy0
-                    dz = wrapped_in_bin_order[p, 2] + dz0
+                    dx = wrapped_in_bin_order[p, 0] + ox
+                    dy = wrapped_in_bin_order[p, 1] + oy
+                    dz = wrapped_in_bin_order[p, 2] + oz
                     if dx * dx + dy * dy + dz * dz >= pre_r2:
                         continue
                     j = bin_atoms[p]
-                    n0 = t0 + wrap[i, 0] - wrap[j, 0]
-                    n1 = t1 + wrap[i, 1] - wrap[j, 1]
-                    n2 = t2 + wrap[i, 2] - wrap[j, 2]
+                    n0 = t0 + wi0 - wrap[j, 0]
+                    n1 = t1 + wi1 - wrap[j, 1]
+                    n2 = t2 + wi2 - wrap[j, 2]
                     if j == i and n0 == 0 and n1 == 0 and n2 == 0:
                         continue
-                    vx = positions[j, 0] - xi + (n0 * periodic_cell[0, 0] + n1 * periodic_cell[1, 0]
-                                                 + n2 * periodic_cell[2, 0])
-                    vy = positions[j, 1] - yi + (n0 * periodic_cell[0, 1] + n1 * periodic_cell[1, 1]
-                                                 + n2 * periodic_cell[2, 1])
-                    vz = positions[j, 2] - zi + (n0 * periodic_cell[0, 2] + n1 * periodic_cell[1, 2]
-                                                 + n2 * periodic_cell[2, 2])
-                    r = math.sqrt(vx * vx + vy * vy + vz * vz)
+                    r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)[3]
                     if not r < cutoff_matrix[species_i, species[j]]:
                         continue
                     if write:
-                        out_index[count] = j
-                        out_shift[count, 0] = n0
-                        out_shift[count, 1] = n1
-                        out_shift[count, 2] = n2
-                        out_vector[count, 0] = vx
-                        out_vector[count, 1] = vy
-                        out_vector[count, 2] = vz
-                        out_distance[count] = r
-                        # for fixed j, n differs from t by a constant: sorting by t sorts by n
-                        out_key[count] = j * shifts_per_atom + translation_key
+                        out_key[count] = j * translations_per_atom + translation_code
                     count += 1
     return count
 
 
 @njit(cache=True)
-def _argsort_unique_keys(keys):
-    """Permutation sorting ``keys`` ascending (bottom-up merge sort; small and quick to compile)."""
+def _sort_keys_in_place(keys):
+    """Ascending in-place sort of int64 keys: quicksort (median of three) with insertion sort below 24."""
     n = keys.shape[0]
-    order = np.arange(n)
-    buffer = np.empty(n, dtype=np.int64)
-    width = 1
-    while width < n:
-        for left in range(0, n, 2 * width):
-            middle = min(left + width, n)
-            right = min(left + 2 * width, n)
-            a = left
-            b = middle
-            out = left
-            while a < middle and b < right:
-                if keys[order[b]] < keys[order[a]]:
-                    buffer[out] = order[b]
-                    b += 1
-                else:
-                    buffer[out] = order[a]
+    stack = np.empty(128, dtype=np.int64)
+    top = 0
+    lo = 0
+    hi = n - 1
+    while True:
+        while hi - lo >= 24:
+            mid = (lo + hi) >> 1
+            if keys[mid] < keys[lo]:
+                keys[mid], keys[lo] = keys[lo], keys[mid]
+            if keys[hi] < keys[lo]:
+                keys[hi], keys[lo] = keys[lo], keys[hi]
+            if keys[hi] < keys[mid]:
+                keys[hi], keys[mid] = keys[mid], keys[hi]
+            pivot = keys[mid]
+            a = lo
+            b = hi
+            while a <= b:
+                while keys[a] < pivot:
                     a += 1
-                out += 1
-            while a < middle:
-                buffer[out] = order[a]
-                a += 1
-                out += 1
-            while b < right:
-                buffer[out] = order[b]
-                b += 1
-                out += 1
-        order, buffer = buffer, order
-        width *= 2
-    return order
+                while pivot < keys[b]:
+                    b -= 1
+                if a <= b:
+                    keys[a], keys[b] = keys[b], keys[a]
+                    a += 1
+                    b -= 1
+            # push the larger part, continue with the smaller (stack depth <= log2 n)
+            if b - lo > hi - a:
+                stack[top] = lo
+                stack[top + 1] = b
+                top += 2
+                lo = a
+            else:
+                stack[top] = a
+                stack[top + 1] = hi
+                top += 2
+                hi = b
+        for x in range(lo + 1, hi + 1):
+            v = keys[x]
+            y = x - 1
+            while y >= lo and keys[y] > v:
+                keys[y + 1] = keys[y]
+                y -= 1
+            keys[y + 1] = v
+        if top == 0:
+            break
+        top -= 2
+        lo = stack[top]
+        hi = stack[top + 1]
 
 
 @njit(cache=True)
 def _neighbours_of_atom(
     i, fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-    periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-    counts, first, index, shift, vector, distance,
+    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, first, index, shift, vector, distance,
 ):
-    """Count pass (fill False): counts[i] = number of neighbours of atom i.
-    Fill pass (fill True): write the neighbours of atom i into first[i]:first[i+1], sorted by (j, shift)."""
-    n_local = first[i + 1] - first[i] if fill else 0
-    local_index = np.empty(n_local, dtype=np.int64)
-    local_shift = np.empty((n_local, 3), dtype=np.int64)
-    local_vector = np.empty((n_local, 3), dtype=np.float64)
-    local_distance = np.empty(n_local, dtype=np.float64)
-    local_key = np.empty(n_local, dtype=np.int64)
-    found = _visit_neighbours(
-        i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-        periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-        fill, local_index, local_shift, local_vector, local_distance, local_key,
-    )
+    """Count pass (fill False): first[i + 1] = number of neighbours of atom i.
+    Fill pass (fill True, first = CSR offsets): write the neighbours of atom i into
+    first[i]:first[i + 1], sorted by (j, shift)."""
     if not fill:
-        counts[i] = found
+        first[i + 1] = _visit_neighbours(
+            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+            periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, fill, index,
+        )
         return
-    order = _argsort_unique_keys(local_key)
     start = first[i]
-    for q in range(n_local):
-        src = order[q]
-        dst = start + q
-        index[dst] = local_index[src]
-        shift[dst, 0] = local_shift[src, 0]
-        shift[dst, 1] = local_shift[src, 1]
-        shift[dst, 2] = local_shift[src, 2]
-        vector[dst, 0] = local_vector[src, 0]
-        vector[dst, 1] = local_vector[src, 1]
-        vector[dst, 2] = local_vector[src, 2]
-        distance[dst] = local_distance[src]
+    keys = np.empty(first[i + 1] - start, dtype=np.int64)
+    _visit_neighbours(
+        i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+        periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, fill, keys,
+    )
+    _sort_keys_in_place(keys)
+    shift_bound = bin_grid[3]
+    span1 = 2 * shift_bound[1] + 1
+    span2 = 2 * shift_bound[2] + 1
+    translations_per_atom = _translations_per_atom(bin_grid)
+    for q in range(keys.shape[0]):
+        j = keys[q] // translations_per_atom
+        code = keys[q] - j * translations_per_atom
+        code01 = code // span2
+        n0 = code01 // span1 - shift_bound[0] + wrap[i, 0] - wrap[j, 0]
+        n1 = code01 % span1 - shift_bound[1] + wrap[i, 1] - wrap[j, 1]
+        n2 = code % span2 - shift_bound[2] + wrap[i, 2] - wrap[j, 2]
+        vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
+        p = start + q
+        index[p] = j
+        shift[p, 0] = n0
+        shift[p, 1] = n1
+        shift[p, 2] = n2
+        vector[p, 0] = vx
+        vector[p, 1] = vy
+        vector[p, 2] = vz
+        distance[p] = r
 
 
 @njit(cache=True, parallel=True)
 def _neighbour_pass(
     fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-    periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-    counts, first, index, shift, vector, distance,
+    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, first, index, shift, vector, distance,
 ):
-    """One pass over all atoms in parallel (see :func:`_neighbours_of_atom`); each atom writes only
-    its own counts[i] or CSR slot, so there are no races. One kernel for both passes: one compilation."""
+    """One pass over all atoms in parallel (see :func:`_neighbours_of_atom`); atom i writes only
+    first[i + 1] or its own CSR slot, so there are no races. One kernel for both passes, so one
+    compilation."""
     for i in prange(positions.shape[0]):
+        # explicit int64: parfor lowering types the loop index as uint64, which would compile the
+        # callee a second time
         _neighbours_of_atom(
-            i, fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-            periodic_cell, atom_bin, grid, reach, periodic, shift_bound, bin_start, bin_atoms,
-            counts, first, index, shift, vector, distance,
+            np.int64(i), fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix,
+            prefilter_squared, periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms,
+            first, index, shift, vector, distance,
         )
