@@ -19,3 +19,14 @@ def require_shared(path: Path) -> Path:
     if os.environ.get("ACE_UQ_REQUIRE_SHARED") == "1":
         pytest.fail(msg + " and ACE_UQ_REQUIRE_SHARED=1", pytrace=False)
     pytest.skip(msg)
+
+
+def fixture_file(name: str) -> Path:
+    """A pacemaker fixture file: from ../shared when present, else the copy in tests/data, else skip/fail."""
+    shared = FIXTURES / name
+    if shared.exists():
+        return shared
+    local = TEST_DATA / name
+    if local.exists() and os.environ.get("ACE_UQ_REQUIRE_SHARED") != "1":
+        return local
+    return require_shared(shared)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from conftest import FIXTURES, require_shared
+from conftest import fixture_file
 
 POTENTIALS = ["Cu_fs500", "AlNi_fs", "W_defect"]
 
@@ -13,11 +13,10 @@ _cache = {}
 
 def reference(name):
     if name not in _cache:
-        require_shared(FIXTURES / f"{name}.yaml")
         from ace_uq_calc.potential.basis import load_basis
 
-        z = np.load(require_shared(FIXTURES / f"{name}_reference.npz"))
-        _cache[name] = (load_basis(FIXTURES / f"{name}.yaml"), {k: z[k] for k in z.files})
+        z = np.load(fixture_file(f"{name}_reference.npz"))
+        _cache[name] = (load_basis(fixture_file(f"{name}.yaml")), {k: z[k] for k in z.files})
     return _cache[name]
 
 
@@ -100,7 +99,7 @@ def test_gamma_through_calculator(name, k, asi, key):
 
     basis, ref = reference(name)
     atoms, p = structure(ref, k)
-    atoms.calc = ACECalculator(basis, active_set=require_shared(FIXTURES / asi))
+    atoms.calc = ACECalculator(basis, active_set=fixture_file(asi))
     atoms.get_potential_energy()
     gamma = atoms.calc.results["gamma"]
     gamma_ref = ref[p + key]

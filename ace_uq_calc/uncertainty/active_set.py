@@ -116,16 +116,22 @@ def pivoted_qr_rows(matrix: np.ndarray, count: int) -> np.ndarray:
 
 
 def _coefficients(matrix: np.ndarray, selected: np.ndarray) -> np.ndarray:
-    """B = matrix @ inv(matrix[selected]) by an LU solve; LinAlgError if the submatrix is singular."""
+    """B = matrix @ inv(matrix[selected]); LinAlgError if the submatrix is numerically singular
+    (1-norm condition estimate beyond 1 / (r eps), cf. :func:`singular_value_cutoff`).
+
+    An explicit inverse and one matrix product (BLAS-3) rather than triangular solves: the solves of
+    scipy's lu_solve run badly multi-threaded for the small, frequent problems of streaming selection.
+    """
     square = matrix[selected]
-    lu, piv = scipy.linalg.lu_factor(square, check_finite=False)
-    diagonal = np.abs(np.diag(lu))
-    if diagonal.min() <= diagonal.max() * singular_value_cutoff(square.shape):
-        raise np.linalg.LinAlgError(
-            "MaxVol: the selected rows are (numerically) linearly dependent; the matrix is rank deficient"
-        )
-    # solve square^T X = matrix^T, so X^T = matrix @ square^-1
-    return np.ascontiguousarray(scipy.linalg.lu_solve((lu, piv), matrix.T, trans=1, check_finite=False).T)
+    message = "MaxVol: the selected rows are (numerically) linearly dependent; the matrix is rank deficient"
+    try:
+        inverse = np.linalg.inv(square)
+    except np.linalg.LinAlgError:
+        raise np.linalg.LinAlgError(message) from None
+    condition = np.linalg.norm(square, 1) * np.linalg.norm(inverse, 1)
+    if not np.isfinite(condition) or condition * singular_value_cutoff(square.shape) >= 1.0:
+        raise np.linalg.LinAlgError(message)
+    return matrix @ inverse
 
 
 def _swap_update(coefficients: np.ndarray, row: int, column: int) -> None:
