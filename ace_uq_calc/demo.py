@@ -32,7 +32,7 @@ def run_demo(steps: int = 200, temperature: float = 600.0, seed: int = 0, interv
     atoms.calc = calc
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
     print(f"\nLangevin MD, {len(atoms)} Cu atoms, {temperature:.0f} K, 2 fs steps")
     print(f"{'step':>6} {'E_pot (eV/atom)':>16} {'T (K)':>8} {'max gamma':>10}")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from ase.build import bulk
+from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
 
-from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential
+from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
 from ace_uq_calc.potential.basis import build_basis
 from ace_uq_calc.potential.yaml_format import write_potential_file
 from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
@@ -33,11 +33,20 @@ def training_structures(seed=0):
             atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
             atoms.positions += rng.normal(scale=amplitude, size=atoms.positions.shape)
             frames.append(atoms)
+    for k in range(12):   # vacancies and (100)/(111) surfaces, rattled
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+        del atoms[int(rng.integers(len(atoms)))]
+        atoms.rattle(0.1, seed=k)
+        frames.append(atoms)
+        slab = fcc111("Cu", size=(2, 2, 4), vacuum=5.0, a=3.61) if k % 2 else fcc100("Cu", size=(2, 2, 4), vacuum=5.0)
+        slab.rattle(0.1, seed=100 + k)
+        frames.append(slab)
     return frames
 
 
 def main():
     pot = new_potential(["Cu"], BasisLimits(nradmax_by_rank=(8, 4, 3, 2), lmax_by_rank=(0, 3, 2, 1)), rcut=5.0)
+    pot = prune_dependent_functions(pot)
     pot.metadata = {
         "comment": "ace_uq_calc EXAMPLE model (placeholder): linear ACE fitted to ASE EMT Cu per-atom energies, "
                    "not to DFT; for demonstrations only",

@@ -151,10 +151,26 @@ def test_selection_independent_of_batching_up_to_tolerance():
     for a in selections:
         for b in selections:
             assert numpy_grades(a, b).max() <= TOLERANCE + 1e-9
-    # dominant submatrices: each volume within tolerance**m of the others' (all rows of one are
-    # inside the other's polytope, so |det a| <= |det b| * (m * tolerance)^m is the weak bound; the
-    # observed spread is far smaller)
-    assert max(volumes) - min(volumes) <= 30 * np.log(30 * TOLERANCE)
+    # a = C b with |C_ij| <= tolerance, so Hadamard's inequality gives |det a| <= (sqrt(m) tol)^m |det b|
+    assert max(volumes) - min(volumes) <= 30 * np.log(np.sqrt(30) * TOLERANCE) + 1e-9
+
+
+def test_maxvol_rejects_rank_deficient_matrix_and_bad_input():
+    rng = np.random.default_rng(12)
+    low_rank = rng.normal(size=(100, 4)) @ rng.normal(size=(4, 8))
+    with pytest.raises(np.linalg.LinAlgError, match="rank deficient"):
+        maxvol(low_rank)
+    with pytest.raises(ValueError):
+        maxvol(rng.normal(size=(5, 8)))
+    with pytest.raises(ValueError):
+        maxvol(rng.normal(size=(20, 8)), initial=[0, 0, 1, 2, 3, 4, 5, 6])
+
+
+def test_unconverged_streaming_warns():
+    rng = np.random.default_rng(3)
+    x = random_projections(rng)
+    with pytest.warns(AceUqWarning, match=r"did not converge within 1 pass\(es\)"):
+        select_active_set_streaming(batches_of(x, 50), 30, TOLERANCE, max_passes=1)
 
 
 def test_streaming_accepts_sequences_and_one_shot_iterators():

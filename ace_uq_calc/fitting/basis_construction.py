@@ -98,3 +98,74 @@ def new_potential(elements, limits: BasisLimits | None = None, rcut: float = 5.0
         functions[central].append(spec)
     return PotentialFile(elements=elements, delta_spline_bins=delta_spline_bins, embeddings=embeddings,
                          bonds=bonds, functions=functions, metadata={}, source="<constructed>")
+
+
+def random_environments(elements, rcut: float, count: int = 400, seed: int = 0):
+    """Free clusters of 2-25 atoms inside a sphere of radius 0.95 rcut around atom 0 (ASE Atoms),
+    with random species; used to detect linearly dependent functions numerically."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    clusters = []
+    for _ in range(count):
+        n = int(rng.integers(2, 26))
+        directions = rng.normal(size=(n - 1, 3))
+        directions /= np.linalg.norm(directions, axis=1)[:, None]
+        radii = rng.uniform(0.45 * rcut, 0.95 * rcut, size=n - 1)
+        positions = np.vstack([np.zeros(3), directions * radii[:, None]])
+        clusters.append(Atoms(symbols=list(rng.choice(elements, size=n)), positions=positions))
+    return clusters
+
+
+def prune_dependent_functions(pot: PotentialFile, relative_tolerance: float = 1e-7, count: int = 400,
+                              seed: int = 0) -> PotentialFile:
+    """Drop functions that vanish identically or are linear combinations of earlier ones.
+
+    Products of identical factors coupled antisymmetrically vanish, and several intermediate
+    couplings of repeated factors span the same invariant; such columns make the active set and the
+    fit singular. Projections on random environments are orthogonalised in pacemaker's function order
+    (lower rank first) and a function is kept only if its residual exceeds ``relative_tolerance`` times
+    its norm. Returns a new PotentialFile (the input is not modified).
+    """
+    from ..potential.basis import build_basis
+    from ..uncertainty.projections import structure_projections
+
+    basis = build_basis(pot)
+    rcut = float(basis.cutoff_matrix.min())
+    kept_specs = {}
+    clusters = random_environments(pot.elements, rcut, count, seed)
+    for e, el in enumerate(basis.elements):
+        rows = []
+        for atoms in clusters:
+            atoms = atoms.copy()
+            atoms.symbols[0] = el
+            _, x = structure_projections(basis, atoms)
+            rows.append(x[0, : basis.nfunc[el]])
+        X = np.array(rows)
+        norms = np.linalg.norm(X, axis=0)
+        # a function whose values are rounding noise (identically zero) is dropped outright
+        nonzero = norms > 1e-10 * np.median(norms[norms > 0]) if np.any(norms > 0) else norms > 0
+        X = X / np.where(norms > 0, norms, 1.0)
+        kept, q_basis = [], np.zeros((X.shape[0], 0))
+        for f in range(X.shape[1]):
+            if not nonzero[f]:
+                continue
+            col = X[:, f]
+            residual = col - q_basis @ (q_basis.T @ col)
+            residual = residual - q_basis @ (q_basis.T @ residual)
+            norm = np.linalg.norm(residual)
+            if norm > relative_tolerance:
+                kept.append(f)
+                q_basis = np.hstack([q_basis, (residual / norm)[:, None]])
+        kept_specs[el] = [basis.ordered_functions[el][f] for f in kept]
+    functions = {}
+    for el in pot.elements:
+        functions[el] = []
+        for spec in kept_specs[el]:
+            clone = FunctionSpec(central=spec.central, neighbours=spec.neighbours, nr=spec.nr, nl=spec.nl,
+                                 lint=spec.lint, coefficients=spec.coefficients.copy())
+            clone.file_index = len(functions[el])
+            functions[el].append(clone)
+    return PotentialFile(elements=list(pot.elements), delta_spline_bins=pot.delta_spline_bins,
+                         embeddings=pot.embeddings, bonds=pot.bonds, functions=functions,
+                         metadata=dict(pot.metadata), source=pot.source)

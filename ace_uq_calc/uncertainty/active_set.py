@@ -117,7 +117,9 @@ def pivoted_qr_rows(matrix: np.ndarray, count: int) -> np.ndarray:
 
 def _coefficients(matrix: np.ndarray, selected: np.ndarray) -> np.ndarray:
     """B = matrix @ inv(matrix[selected]); LinAlgError if the submatrix is numerically singular
-    (1-norm condition estimate beyond 1 / (r eps), cf. :func:`singular_value_cutoff`).
+    (1-norm condition number >= 1 / eps, where the inverse is meaningless). This is looser than the
+    rank cutoff of :func:`singular_value_cutoff` (cond_1 <= r cond_2), so submatrices that the SVD
+    rank test accepts are never rejected here.
 
     An explicit inverse and one matrix product (BLAS-3) rather than triangular solves: the solves of
     scipy's lu_solve run badly multi-threaded for the small, frequent problems of streaming selection.
@@ -129,7 +131,7 @@ def _coefficients(matrix: np.ndarray, selected: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError:
         raise np.linalg.LinAlgError(message) from None
     condition = np.linalg.norm(square, 1) * np.linalg.norm(inverse, 1)
-    if not np.isfinite(condition) or condition * singular_value_cutoff(square.shape) >= 1.0:
+    if not np.isfinite(condition) or condition * _EPS >= 1.0:
         raise np.linalg.LinAlgError(message)
     return matrix @ inverse
 
@@ -413,7 +415,7 @@ def _rank_message(label: str, rank: int, size: int, condition: float, subspace_c
 def _warn_about_selection(label: str, result: StreamingResult) -> None:
     """Warn when repeated passes were possible but did not reach a pass without swaps."""
     if not result.converged and not result.single_pass:
-        warnings.warn(f"{label}active-set selection did not converge within {result.passes} passes "
+        warnings.warn(f"{label}active-set selection did not converge within {result.passes} pass(es) "
                       f"(max |B| = {result.coefficient_max:.6g}); some training environments may have "
                       f"a grade slightly above the tolerance", AceUqWarning, stacklevel=3)
 
