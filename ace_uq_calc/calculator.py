@@ -50,6 +50,9 @@ class ACECalculator(Calculator):
                     ndensity_per_element={el: int(self.basis.ndensity[e]) for e, el in enumerate(self.basis.elements)},
                     elements=self.basis.elements,
                 )
+            active_set.check_compatible(   # also for ActiveSet objects: wrong sizes would give wrong gamma
+                self.basis.nfunc, {el: int(self.basis.ndensity[e]) for e, el in enumerate(self.basis.elements)},
+                self.basis.elements, source=f"active set for {self.basis.potential.source}")
             self.active_set = active_set
         self.compute_gamma = compute_gamma
 

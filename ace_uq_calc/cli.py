@@ -5,10 +5,14 @@ Sub-commands:
   info        summary of a potential file
   evaluate    energies, forces and gamma of structures in a file, written as extended XYZ
   activeset   build a pacemaker ``.asi`` active set from training structures
+  md          molecular dynamics watched by an UncertaintyMonitor (flag extrapolative frames, halt)
+  relax       structure (and cell) relaxation watched by an UncertaintyMonitor
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 
@@ -84,6 +88,312 @@ def _cmd_demo(args):
     return run_demo(steps=args.steps, temperature=args.temperature, seed=args.seed)
 
 
+# ---------------------------------------------------------------------------------------------
+# md and relax: dynamics watched by an UncertaintyMonitor (docs/monitor.md)
+
+EXIT_HALTED = 3   # the run was stopped by the monitor (summary written); 2 is an error
+
+
+class _Progress:
+    """A plain progress line on stderr (no dependency): redrawn in place on a terminal, otherwise
+    one line per tenth of the run."""
+
+    def __init__(self, total: int, label: str, stream=None, enabled: bool = True):
+        self.total = max(int(total), 1)
+        self.label = label
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_time = 0.0
+        self._last_decile = -1
+        self._last_step = None
+        self._width = 0
+
+    def update(self, step: int, text, force: bool = False) -> None:
+        """``text``: a string or a callable giving it (called only when a line is printed)."""
+        if not self.enabled or (force and step == self._last_step):
+            return
+        fraction = min(step / self.total, 1.0)
+        if self.tty:
+            now = time.perf_counter()
+            if not force and now - self._last_time < 0.2:
+                return
+            self._last_time = now
+            self._last_step = step
+            text = text() if callable(text) else text
+            bar = "#" * int(24 * fraction)
+            line = f"{self.label} [{bar:<24s}] {step}/{self.total} {text}"
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            decile = int(10 * fraction)
+            if not force and decile == self._last_decile:
+                return
+            self._last_decile = decile
+            self._last_step = step
+            text = text() if callable(text) else text
+            self.stream.write(f"{self.label} {step}/{self.total} ({100 * fraction:3.0f}%) {text}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+_OUTPUT_NAMES = ("trajectory.xyz", "flagged.xyz", "final.xyz", "summary.json")
+
+
+def _prepare_output_dir(outdir: str, overwrite: bool) -> dict:
+    os.makedirs(outdir, exist_ok=True)
+    paths = {name.split(".")[0]: os.path.join(outdir, name) for name in _OUTPUT_NAMES}
+    existing = [p for p in paths.values() if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist(s); use --overwrite or another -o directory")
+    for path in existing:
+        os.unlink(path)
+    return paths
+
+
+def _monitored_calculator(args):
+    """The calculator for md/relax, with clear errors for what this version cannot do yet."""
+    import inspect
+
+    from .calculator import ACECalculator
+    from .monitor import get_measure
+
+    measure = get_measure(args.measure)
+    kwargs = {}
+    if args.ensemble:
+        if "ensemble" not in inspect.signature(ACECalculator.__init__).parameters:
+            raise ValueError("--ensemble is not supported yet: this version of ACECalculator evaluates a "
+                             "single model (measures available: gamma, with --active-set)")
+        kwargs["ensemble"] = args.ensemble
+    if measure.name == "gamma" and args.active_set is None:
+        raise ValueError("--measure gamma needs --active-set POT.asi (build one with 'ace-uq activeset')")
+    calc = ACECalculator(args.potential, active_set=args.active_set, **kwargs)
+    if measure.key not in calc.implemented_properties:
+        raise ValueError(f"--measure {args.measure} is not supported yet: ACECalculator does not provide "
+                         f"'{measure.key}' ({measure.description}; expected from {measure.provided_by}). "
+                         f"It provides: {', '.join(calc.implemented_properties)}")
+    return calc, measure
+
+
+def _read_structure(path):
+    import ase.io
+
+    atoms = ase.io.read(path)   # the last frame of a multi-frame file
+    atoms.calc = None
+    return atoms
+
+
+def _make_monitor(args, atoms, paths, dynamics, trajectory_interval):
+    from .monitor import UncertaintyMonitor
+
+    return UncertaintyMonitor(
+        atoms, measure=args.measure, flag_threshold=args.flag, halt_threshold=args.halt,
+        reduce=args.reduce, flag_file=paths["flagged"], trajectory_file=paths["trajectory"],
+        patience=args.patience, min_flag_gap=args.min_flag_gap, halt_on_isolated=args.halt_on_isolated,
+        cluster_cutoff=args.cluster_cutoff, dynamics=dynamics, trajectory_interval=trajectory_interval,
+        append=True,
+    )
+
+
+def _finish(args, command, monitor, paths, atoms, extra: dict, t_start: float) -> int:
+    from ._atomic_io import atomic_write
+    from .io import write_frames
+
+    if monitor.last_step is not None and monitor.last_trajectory_step != monitor.last_step:
+        monitor.write_trajectory_frame()
+    final = atoms.copy()
+    final.calc = None
+    write_frames(paths["final"], [final])
+    summary = {"command": command, "potential": os.path.abspath(args.potential),
+               "active_set": None if args.active_set is None else os.path.abspath(args.active_set),
+               "structure": os.path.abspath(args.structure), "n_atoms": len(atoms)}
+    summary.update(extra)
+    summary.update(monitor.summary())
+    # flagged.xyz exists only when something was flagged (ASE cannot read an empty file)
+    summary["files"] = {k: os.path.abspath(v) for k, v in paths.items() if k == "summary" or os.path.exists(v)}
+    summary["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    with atomic_write(paths["summary"], mode="w") as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+
+    m = monitor.measure.name
+    state = f"HALTED at step {monitor.step} ({monitor.reason})" if monitor.halted else extra.get("status", "completed")
+    print(f"ace-uq {command}: {extra['steps_run']} of {extra['steps_requested']} steps; {state}")
+    best = "n/a" if monitor.max_value is None else f"{monitor.max_value:.4g}"
+    isolated = "unknown" if monitor.n_isolated is None else str(monitor.max_n_isolated)
+    print(f"  {monitor.reduce_name} {m}: highest {best} (step {monitor.max_value_step}); flag > "
+          f"{monitor.flag_threshold:g}: {monitor.n_flags} flagged frame(s); halt > {monitor.halt_threshold:g}; "
+          f"isolated atoms (max): {isolated}")
+    for key in ("final_energy_eV", "final_fmax_eV_per_A"):
+        if key in extra:
+            print(f"  {key}: {extra[key]:.6g}")
+    print(f"  wrote {', '.join(paths[k] for k in summary['files'])}")
+    return EXIT_HALTED if monitor.halted else 0
+
+
+def _cmd_md(args):
+    import numpy as np
+    from ase import units
+    from ase.md.velocitydistribution import Stationary
+
+    if args.steps < 0 or args.timestep <= 0 or args.temperature < 0 or args.interval < 1:
+        raise ValueError("--steps >= 0, --timestep > 0, --temperature >= 0 and --interval >= 1 are required")
+    t_start = time.perf_counter()
+    calc, _ = _monitored_calculator(args)
+    atoms = _read_structure(args.structure)
+    atoms.calc = calc
+    paths = _prepare_output_dir(args.output_dir, args.overwrite)
+    rng = np.random.default_rng(args.seed)
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:   # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=args.temperature, rng=rng)
+    Stationary(atoms)
+    dt = args.timestep * units.fs
+    if args.thermostat == "langevin":
+        from ase.md.langevin import Langevin
+
+        dyn = Langevin(atoms, dt, temperature_K=args.temperature, friction=args.friction / units.fs,
+                       fixcm=False, rng=rng)
+    else:
+        from ase.md.verlet import VelocityVerlet
+
+        dyn = VelocityVerlet(atoms, dt)
+    monitor = _make_monitor(args, atoms, paths, dyn, trajectory_interval=args.interval)
+    dyn.attach(monitor, interval=1)      # every step: gamma comes with every force call anyway
+    progress = _Progress(args.steps, "md", enabled=not args.quiet)
+    m = monitor.label
+
+    def report(final=False):
+        value = monitor.history[-1].value if monitor.history else float("nan")
+        progress.update(dyn.nsteps, lambda: f"T {atoms.get_temperature():7.1f} K  {m} {value:.3g}  flags "
+                        f"{monitor.n_flags}", force=final or monitor.halted)
+
+    dyn.attach(report, interval=1)
+    try:
+        monitor.run(dyn, steps=args.steps)
+        report(final=True)
+    finally:
+        progress.close()
+    extra = {"temperature_K": args.temperature, "timestep_fs": args.timestep, "thermostat": args.thermostat,
+             "friction_per_fs": args.friction if args.thermostat == "langevin" else None, "seed": args.seed,
+             "steps_requested": args.steps, "steps_run": int(dyn.nsteps),
+             "simulated_time_fs": float(dyn.get_time() / units.fs), "trajectory_interval": args.interval,
+             "status": "halted" if monitor.halted else "completed"}
+    return _finish(args, "md", monitor, paths, atoms, extra, t_start)
+
+
+def _cmd_relax(args):
+    import numpy as np
+    from ase import units
+
+    if args.steps < 0 or args.fmax <= 0 or args.interval < 1:
+        raise ValueError("--steps >= 0, --fmax > 0 and --interval >= 1 are required")
+    t_start = time.perf_counter()
+    calc, _ = _monitored_calculator(args)
+    atoms = _read_structure(args.structure)
+    atoms.calc = calc
+    paths = _prepare_output_dir(args.output_dir, args.overwrite)
+    target = atoms
+    if args.cell:
+        from ase.filters import FrechetCellFilter
+
+        target = FrechetCellFilter(atoms, scalar_pressure=args.pressure * units.GPa)
+    if args.optimizer == "BFGS":
+        from ase.optimize import BFGS as Optimizer
+    else:
+        from ase.optimize import FIRE as Optimizer
+    opt = Optimizer(target, logfile=None)
+    monitor = _make_monitor(args, target, paths, opt, trajectory_interval=args.interval)
+    opt.attach(monitor, interval=1)
+    progress = _Progress(args.steps, "relax", enabled=not args.quiet)
+    m = monitor.label
+
+    def fmax_now():
+        return float(np.sqrt((target.get_forces() ** 2).sum(axis=1).max())) if len(atoms) else 0.0
+
+    def report(final=False):
+        value = monitor.history[-1].value if monitor.history else float("nan")
+        progress.update(opt.nsteps, lambda: f"E {atoms.get_potential_energy():.5f} eV  fmax "
+                        f"{fmax_now():.4f}  {m} {value:.3g}", force=final or monitor.halted)
+
+    opt.attach(report, interval=1)
+    try:
+        converged = bool(monitor.run(opt, steps=args.steps, fmax=args.fmax))
+        report(final=True)
+    finally:
+        progress.close()
+    extra = {"optimizer": args.optimizer, "fmax_target": args.fmax, "cell": bool(args.cell),
+             "pressure_GPa": args.pressure if args.cell else None, "steps_requested": args.steps,
+             "steps_run": int(opt.nsteps), "converged": converged and not monitor.halted,
+             "final_energy_eV": float(atoms.get_potential_energy()), "final_fmax_eV_per_A": fmax_now(),
+             "trajectory_interval": args.interval,
+             "status": "halted" if monitor.halted else ("converged" if converged else "not converged")}
+    if args.cell:
+        extra["final_cell"] = atoms.cell.array.tolist()
+    return _finish(args, "relax", monitor, paths, atoms, extra, t_start)
+
+
+def _add_monitor_options(p, default_outdir: str) -> None:
+    from .monitor import ALIASES, MEASURES, REDUCTIONS
+
+    p.add_argument("potential", help="pacemaker .yaml potential")
+    p.add_argument("--active-set", default=None, help="pacemaker .asi active set (needed for gamma)")
+    p.add_argument("--structure", required=True, help="starting structure (any ASE format; last frame)")
+    p.add_argument("--measure", default="gamma", choices=sorted(MEASURES) + sorted(ALIASES),
+                   help="per-atom uncertainty to watch (default gamma; 'error' = forces_error_estimate)")
+    p.add_argument("--flag", type=float, default=None,
+                   help="flag threshold (default: the measure's, gamma 2, forces 0.1 eV/A)")
+    p.add_argument("--halt", type=float, default=None,
+                   help="halt threshold (default: the measure's, gamma 10, forces 0.5 eV/A)")
+    p.add_argument("--reduce", default="max", choices=sorted(REDUCTIONS), help="per-structure reduction")
+    p.add_argument("--patience", type=int, default=1, help="consecutive steps above --halt before halting")
+    p.add_argument("--min-flag-gap", type=int, default=10, help="minimum steps between two flagged frames")
+    p.add_argument("--halt-on-isolated", action="store_true",
+                   help="halt when an atom has no neighbour within the cut-off")
+    p.add_argument("--cluster-cutoff", type=float, default=None,
+                   help="A: write flagged atoms and their neighbours as free clusters to flagged.xyz")
+    p.add_argument("--ensemble", nargs="+", default=None, metavar="POT2.yaml",
+                   help="further models for ensemble measures (not supported yet)")
+    p.add_argument("--interval", type=int, default=10, help="steps between trajectory frames")
+    p.add_argument("-o", "--output-dir", default=default_outdir,
+                   help="trajectory.xyz, flagged.xyz, final.xyz, summary.json go here")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _add_md_relax_parsers(sub) -> None:
+    p = sub.add_parser("md", help="MD with an uncertainty monitor (flag extrapolative frames, halt)",
+                       description="Langevin or NVE MD; exit status 0 when the run completed, "
+                                   f"{EXIT_HALTED} when the monitor halted it, 2 on errors.")
+    _add_monitor_options(p, "ace-uq-md")
+    p.add_argument("--temperature", type=float, required=True, help="K (thermostat and initial velocities)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--timestep", type=float, required=True, help="fs")
+    p.add_argument("--thermostat", choices=("langevin", "nve"), default="langevin")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (velocities, Langevin noise)")
+    p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser("relax", help="relaxation with an uncertainty monitor (flag, halt)",
+                       description="BFGS or FIRE relaxation, optionally of the cell (FrechetCellFilter); "
+                                   f"exit status 0 when the run ended normally (converged or not), "
+                                   f"{EXIT_HALTED} when the monitor halted it, 2 on errors.")
+    _add_monitor_options(p, "ace-uq-relax")
+    p.set_defaults(interval=1)
+    p.add_argument("--fmax", type=float, default=0.05, help="eV/A (default 0.05)")
+    p.add_argument("--steps", type=int, default=500, help="maximum optimizer steps (default 500)")
+    p.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
+    p.add_argument("--pressure", type=float, default=0.0, help="GPa, with --cell (default 0)")
+    p.add_argument("--optimizer", choices=("BFGS", "FIRE"), default="BFGS")
+    p.set_defaults(func=_cmd_relax)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ace-uq", description="ACE potentials with uncertainty for ASE")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1.001, help="MaxVol tolerance (pacemaker: 1.001)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_activeset)
+
+    _add_md_relax_parsers(sub)
     return parser
 
 

@@ -34,8 +34,8 @@ Examples::
     python benchmarks/bench_evaluator.py --pyace-python /path/to/pyace-venv/bin/python --json out.json
 
 Timings on a shared machine are noisy: the table reports medians; repeat runs before drawing
-conclusions. OpenBLAS threads (numpy linear algebra, e.g. in the gamma step) are not limited by
-``numba.set_num_threads``; set OPENBLAS_NUM_THREADS before starting the script to pin them.
+conclusions. OpenBLAS threads (numpy linear algebra, e.g. the gamma step) are not limited by
+``numba.set_num_threads``; ``--blas-threads N`` (or OPENBLAS_NUM_THREADS) pins them.
 
 This file must stay importable by an interpreter that has only ase + numpy (the pyace worker mode):
 ace_uq_calc and numba are imported inside functions.
@@ -97,27 +97,29 @@ def time_ase_calls(atoms, calc, max_calls: int, budget: float, min_calls: int = 
 
     One untimed call first (warm-up: compilation, allocation, first neighbour list). Then timed
     calls until ``max_calls`` or, once ``min_calls`` are done, until ``budget`` seconds are spent.
-    Returns (times, energy of the warm-up call).
+    Returns (wall times, process CPU times (all threads), energy of the warm-up call).
     """
     atoms.calc = calc
     atoms.get_forces()
     energy0 = float(atoms.get_potential_energy())
     if check is not None:
         check(calc)
-    times = []
+    times, cpu = [], []
     sign = 1.0
     start = time.perf_counter()
     for _ in range(max_calls):
         atoms.positions[0, 0] += sign * STEP
         sign = -sign
+        c0 = time.process_time()
         t0 = time.perf_counter()
         atoms.get_forces()
         atoms.get_potential_energy()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         if len(times) >= min_calls and time.perf_counter() - start > budget:
             break
     atoms.calc = None
-    return times, energy0
+    return times, cpu, energy0
 
 
 def count_calculations(calc):
@@ -159,8 +161,9 @@ def pyace_worker(config_path: str) -> int:
         n = len(atoms)
         entry = {}
         calc = count_calculations(PyACECalculator(config["potential"]))
-        times, energy = time_ase_calls(atoms, calc, config["max_calls"], config["budget"], config["min_calls"])
-        entry["ef"] = {"times": times, "energy": energy, "n_calculate": calc.n_calculate}
+        times, cpu, energy = time_ase_calls(atoms, calc, config["max_calls"], config["budget"],
+                                            config["min_calls"])
+        entry["ef"] = {"times": times, "cpu": cpu, "energy": energy, "n_calculate": calc.n_calculate}
         if config.get("active_set"):
             try:
                 calc = PyACECalculator(config["potential"])
@@ -171,9 +174,9 @@ def pyace_worker(config_path: str) -> int:
                     if "gamma" not in c.results:
                         raise RuntimeError("PyACECalculator did not return gamma")
 
-                times, energy = time_ase_calls(atoms, calc, config["max_calls"], config["budget"],
-                                               config["min_calls"], check=has_gamma)
-                entry["efg"] = {"times": times, "energy": energy, "n_calculate": calc.n_calculate}
+                times, cpu, energy = time_ase_calls(atoms, calc, config["max_calls"], config["budget"],
+                                                    config["min_calls"], check=has_gamma)
+                entry["efg"] = {"times": times, "cpu": cpu, "energy": energy, "n_calculate": calc.n_calculate}
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 entry["efg"] = {"error": f"{type(exc).__name__}: {exc}"}
         entry["peak_rss_mb"] = peak_rss_mb()
@@ -405,6 +408,9 @@ def parse_args(argv=None):
                    help="seconds per table entry after which no new call is started once --min-repeats "
                         "calls are done (keeps the big sizes short; default 4)")
     p.add_argument("--no-gamma", action="store_true", help="skip the E+F+gamma column")
+    p.add_argument("--blas-threads", type=int, metavar="N",
+                   help="set OPENBLAS_NUM_THREADS/MKL_NUM_THREADS=N for this process before numpy is imported "
+                        "(the gamma step is a BLAS product; default: leave the environment alone)")
     p.add_argument("--potential", type=Path, default=DEFAULT_FIXTURES / "Cu_fs500.yaml")
     p.add_argument("--active-set", type=Path, default=DEFAULT_FIXTURES / "Cu_fs500.asi")
     p.add_argument("--pyace-python", metavar="PATH",
@@ -439,6 +445,12 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    if args.blas_threads is not None:
+        if "numpy" in sys.modules:
+            log("warning: numpy already imported; --blas-threads may have no effect")
+        for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
 
     import ase
     import numba
@@ -493,9 +505,9 @@ def main(argv=None) -> int:
             row = {"atoms": n, "threads": t}
             atoms = frames[n].copy()
             calc = count_calculations(ACECalculator(basis))
-            times, energy = time_ase_calls(atoms, calc, args.repeats, args.budget, args.min_repeats)
+            times, cpu, energy = time_ase_calls(atoms, calc, args.repeats, args.budget, args.min_repeats)
             assert calc.n_calculate == len(times) + 1, "a timed call did not recompute"
-            row["ef"] = {"times": times, "energy": energy}
+            row["ef"] = {"times": times, "cpu": cpu, "energy": energy}
             if calc_efg is not None:
                 calc = count_calculations(ACECalculator(basis, active_set=calc_efg.active_set))
 
@@ -504,10 +516,10 @@ def main(argv=None) -> int:
                         raise RuntimeError("ACECalculator did not return gamma")
 
                 atoms = frames[n].copy()
-                times, _ = time_ase_calls(atoms, calc, args.repeats, args.budget, args.min_repeats,
-                                          check=has_gamma)
+                times, cpu, _ = time_ase_calls(atoms, calc, args.repeats, args.budget, args.min_repeats,
+                                               check=has_gamma)
                 assert calc.n_calculate == len(times) + 1, "a timed call did not recompute"
-                row["efg"] = {"times": times}
+                row["efg"] = {"times": times, "cpu": cpu}
             row["peak_rss_mb"] = peak_rss_mb()
             rows.append(row)
             log(f"  {n:6d} atoms, {t} thread(s): E+F {median_us_per_atom(row['ef']['times'], n):.1f} us/atom")
@@ -536,15 +548,19 @@ def main(argv=None) -> int:
        f"cut-off {basis.cutoff_max:g} A)")
     pr(f"rattled fcc Cu, a = {LATTICE} A, rattle {RATTLE} A (seed {SEED}); Python {platform.python_version()}, "
        f"numba {numba.__version__}, numpy {np.__version__}, ase {ase.__version__}, {os.cpu_count()} CPUs")
+    pr(f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} "
+       f"(numba threading layer: {numba.threading_layer()})")
     pr("median us/atom of one ASE energy+forces calculation (neighbour list included; atom 0 moved "
        f"{STEP:g} A before each call); [n] = timed calls")
+    pr("cpu = median process CPU time per atom (all threads); with 1 thread, wall >> cpu means the CPUs were "
+       "busy with other work")
     if pyace:
         pr(f"pyace = pacemaker python-ace {pyace.get('python_ace_version', '?')} PyACECalculator, 1 thread; "
            "ratio = pyace / ace_uq_calc (> 1: ace_uq_calc faster)")
     pr("")
-    head = f"{'atoms':>6} {'thr':>3} | {'E+F':>8} {'[n]':>4} {'ms/call':>9} | {'E+F+gam':>8} {'[n]':>4}"
+    head = f"{'atoms':>6} {'thr':>3} | {'E+F':>8} {'[n]':>4} {'ms/call':>9} {'cpu':>7} | {'E+F+gam':>8} {'[n]':>4}"
     if pyace:
-        head += f" | {'pyace':>8} {'ratio':>6} | {'pyace+g':>8} {'ratio':>6}"
+        head += f" | {'pyace':>8} {'cpu':>7} {'ratio':>6} | {'pyace+g':>8} {'ratio':>6}"
     head += f" | {'peak RSS MB':>11}"
     pr(head)
     pr("-" * len(head))
@@ -553,7 +569,8 @@ def main(argv=None) -> int:
         n = row["atoms"]
         ef = median_us_per_atom(row["ef"]["times"], n)
         line = (f"{n:6d} {row['threads']:3d} | {fmt(ef)} {len(row['ef']['times']):4d} "
-                f"{fmt(1e3 * statistics.median(row['ef']['times']), '.2f', 9)} | ")
+                f"{fmt(1e3 * statistics.median(row['ef']['times']), '.2f', 9)} "
+                f"{fmt(median_us_per_atom(row['ef']['cpu'], n), '.1f', 7)} | ")
         efg = None
         if "efg" in row:
             efg = median_us_per_atom(row["efg"]["times"], n)
@@ -563,9 +580,10 @@ def main(argv=None) -> int:
         if pyace:
             entry = pyace["sizes"].get(str(n), {})
             p_ef = median_us_per_atom(entry["ef"]["times"], n) if "ef" in entry else None
+            p_cpu = median_us_per_atom(entry["ef"]["cpu"], n) if "ef" in entry else None
             p_efg = (median_us_per_atom(entry["efg"]["times"], n)
                      if "times" in entry.get("efg", {}) else None)
-            line += (f" | {fmt(p_ef)} {fmt(p_ef / ef if p_ef else None, '.2f', 6)}"
+            line += (f" | {fmt(p_ef)} {fmt(p_cpu, '.1f', 7)} {fmt(p_ef / ef if p_ef else None, '.2f', 6)}"
                      f" | {fmt(p_efg)} {fmt(p_efg / efg if (p_efg and efg) else None, '.2f', 6)}")
             if "ef" in entry and row["threads"] == threads[0]:
                 energy_check.append(abs(entry["ef"]["energy"] - row["ef"]["energy"]) / n)

@@ -24,9 +24,10 @@ from ace_uq_calc.kernels.neighbours import (
 def brute_force_neighbours(positions, cell, pbc, species, cutoff_matrix):
     """{(i, j, n0, n1, n2): r_ij} by explicit enumeration of every lattice shift that could matter.
 
-    A shift n with |r_j - r_i + n @ P| < r_c needs |n @ P| < r_c + max|r_j - r_i|, hence
-    |n_d| < (r_c + max|r_j - r_i|) / h_d with h_d the height of periodic vector d over the span of
-    the other periodic vectors (from the inverse Gram matrix)."""
+    A shift n with |r_j - r_i + n @ P| < r_c needs |n @ P| < r_c + max|Q (r_j - r_i)| (Q: orthogonal
+    projector onto the span of the periodic vectors P), hence |n_d| < (r_c + max|Q (r_j - r_i)|) / h_d
+    with h_d the height of periodic vector d over the span of the other periodic vectors (from the
+    inverse Gram matrix)."""
     positions = np.asarray(positions, dtype=float)
     cell = np.asarray(cell, dtype=float)
     species = np.asarray(species)
@@ -36,8 +37,10 @@ def brute_force_neighbours(positions, cell, pbc, species, cutoff_matrix):
     ranges = [range(1)] * 3
     if len(periodic) and len(positions):
         lattice = cell[periodic]
-        heights = 1.0 / np.sqrt(np.diag(np.linalg.inv(lattice @ lattice.T)))
-        reach_length = cutoff_matrix.max() + np.linalg.norm(diff, axis=-1).max()
+        inverse_gram = np.linalg.inv(lattice @ lattice.T)
+        heights = 1.0 / np.sqrt(np.diag(inverse_gram))
+        projector = lattice.T @ inverse_gram @ lattice
+        reach_length = cutoff_matrix.max() + np.linalg.norm(diff @ projector, axis=-1).max()
         for d, h in zip(periodic, heights):
             k = int(reach_length / h) + 1
             ranges[d] = range(-k, k + 1)
@@ -289,8 +292,8 @@ def test_minimum_pair_distance():
     assert distance == pytest.approx(0.0005, abs=1e-12)
     assert {i, j} == {1, 3}
     # a self-image can be the closest pair
-    nl = build_neighbour_list([[0.0, 0.0, 0.0], [0.45, 0.45, 0.45]], np.eye(3) * 0.9, [True] * 3,
-                              one_species(2), [[1.0]])
+    nl = build_neighbour_list([[0.0, 0.0, 0.0], [0.45, 0.45, 20.0]], np.diag([0.9, 0.9, 0.0]),
+                              [True, True, False], one_species(2), [[1.0]])
     distance, i, j = minimum_pair_distance(nl)
     assert distance == pytest.approx(0.9) and i == j
 

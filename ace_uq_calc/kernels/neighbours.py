@@ -109,15 +109,18 @@ def build_neighbour_list(positions, cell, pbc, species, cutoff_matrix) -> Neighb
     magnitude = 1.0 + np.abs(positions).max() + np.abs(layout.wrapped_positions).max()
     prefilter_squared = (cutoff_row_max * (1.0 + 1e-9) + 1e-9 * magnitude) ** 2
 
+    # bits of the sort key per direction: translation t_d + shift_bound_d in [0, 2 * shift_bound_d]
+    key_bits = np.array([int(2 * b).bit_length() for b in layout.shift_bound], dtype=np.int64)
+    if n_atoms >= 2 ** (62 - int(key_bits.sum())):
+        raise ValueError("too many atoms and periodic images for 64-bit neighbour sort keys")
     bin_grid = np.ascontiguousarray(
-        np.stack([layout.grid, layout.reach, layout.periodic, layout.shift_bound]), dtype=np.int64
+        np.stack([layout.grid, layout.reach, layout.periodic, layout.shift_bound, key_bits]),
+        dtype=np.int64,
     )
     args = (
         positions, layout.wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
         layout.periodic_cell, layout.atom_bin, bin_grid, bin_start, bin_atoms,
     )
-    if n_atoms * float(np.prod(2 * layout.shift_bound + 1)) >= 2.0**62:
-        raise ValueError("too many atoms and periodic images for 64-bit neighbour sort keys")
     first = np.zeros(n_atoms + 1, dtype=np.int64)
     no_pairs = _empty_neighbour_list(n_atoms)
     _neighbour_pass(False, *args, first, *no_pairs[1:])  # neighbour counts into first[1:]
@@ -388,30 +391,23 @@ def _image_vector(positions, periodic_cell, i, j, n0, n1, n2):
 
 
 @njit(cache=True)
-def _translations_per_atom(bin_grid):
-    """Number of distinct lattice translations of visited bins: the stride of j in the sort key."""
-    shift_bound = bin_grid[3]
-    return (2 * shift_bound[0] + 1) * (2 * shift_bound[1] + 1) * (2 * shift_bound[2] + 1)
-
-
-@njit(cache=True)
 def _visit_neighbours(
     i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
     periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, write, out_key,
 ):
     """Count the neighbours of atom i; if ``write``, also store their sort keys
-    j * translations_per_atom + (code of the bin translation t) in out_key. Returns the count.
+    (j, t0 + b0, t1 + b1, t2 + b2) as bit fields (b = bound on |t|) in out_key. Returns the count.
 
-    bin_grid (4, 3) int64 rows: bins per direction, bins searched on each side, 1 if periodic,
-    bound on |lattice translation| of a visited bin. The shift of a neighbour is n = t + w_i - w_j,
-    so for a fixed j the key orders shifts lexicographically."""
+    bin_grid (5, 3) int64 rows: bins per direction, bins searched on each side, 1 if periodic,
+    bound on |lattice translation t| of a visited bin, bits of the sort key per direction.
+    The shift of a neighbour is n = t + w_i - w_j, so for a fixed j the key orders shifts
+    lexicographically."""
     grid = bin_grid[0]
     reach = bin_grid[1]
     periodic = bin_grid[2]
     shift_bound = bin_grid[3]
-    span1 = 2 * shift_bound[1] + 1
-    span2 = 2 * shift_bound[2] + 1
-    translations_per_atom = _translations_per_atom(bin_grid)
+    key_bits = bin_grid[4]
+    j_shift = key_bits[0] + key_bits[1] + key_bits[2]
     count = 0
     species_i = species[i]
     pre_r2 = prefilter_squared[species_i]
@@ -438,8 +434,10 @@ def _visit_neighbours(
                 ox = t0 * periodic_cell[0, 0] + t1 * periodic_cell[1, 0] + t2 * periodic_cell[2, 0] - qx
                 oy = t0 * periodic_cell[0, 1] + t1 * periodic_cell[1, 1] + t2 * periodic_cell[2, 1] - qy
                 oz = t0 * periodic_cell[0, 2] + t1 * periodic_cell[1, 2] + t2 * periodic_cell[2, 2] - qz
-                translation_code = ((t0 + shift_bound[0]) * span1 + (t1 + shift_bound[1])) * span2 + (
-                    t2 + shift_bound[2])
+                translation_code = (
+                    ((((t0 + shift_bound[0]) << key_bits[1]) | (t1 + shift_bound[1])) << key_bits[2])
+                    | (t2 + shift_bound[2])
+                )
                 b = (b0 * grid[1] + b1) * grid[2] + b2
                 for p in range(bin_start[b], bin_start[b + 1]):
                     dx = wrapped_in_bin_order[p, 0] + ox
@@ -457,7 +455,7 @@ def _visit_neighbours(
                     if not r < cutoff_matrix[species_i, species[j]]:
                         continue
                     if write:
-                        out_key[count] = j * translations_per_atom + translation_code
+                        out_key[count] = (j << j_shift) | translation_code
                     count += 1
     return count
 
@@ -538,16 +536,20 @@ def _neighbours_of_atom(
     )
     _sort_keys_in_place(keys)
     shift_bound = bin_grid[3]
-    span1 = 2 * shift_bound[1] + 1
-    span2 = 2 * shift_bound[2] + 1
-    translations_per_atom = _translations_per_atom(bin_grid)
+    key_bits = bin_grid[4]
+    mask1 = (np.int64(1) << key_bits[1]) - 1
+    mask2 = (np.int64(1) << key_bits[2]) - 1
     for q in range(keys.shape[0]):
-        j = keys[q] // translations_per_atom
-        code = keys[q] - j * translations_per_atom
-        code01 = code // span2
-        n0 = code01 // span1 - shift_bound[0] + wrap[i, 0] - wrap[j, 0]
-        n1 = code01 % span1 - shift_bound[1] + wrap[i, 1] - wrap[j, 1]
-        n2 = code % span2 - shift_bound[2] + wrap[i, 2] - wrap[j, 2]
+        key = keys[q]
+        t2 = (key & mask2) - shift_bound[2]
+        key >>= key_bits[2]
+        t1 = (key & mask1) - shift_bound[1]
+        key >>= key_bits[1]
+        t0 = (key & ((np.int64(1) << key_bits[0]) - 1)) - shift_bound[0]
+        j = key >> key_bits[0]
+        n0 = t0 + wrap[i, 0] - wrap[j, 0]
+        n1 = t1 + wrap[i, 1] - wrap[j, 1]
+        n2 = t2 + wrap[i, 2] - wrap[j, 2]
         vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
         p = start + q
         index[p] = j

@@ -16,6 +16,7 @@ Index conventions used by the kernels (all 0-based):
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ from .radial import BondParameters, build_radial_table
 from .yaml_format import PotentialFile, PotentialFormatError, read_potential_file
 
 EMBEDDING_KIND = {"FinnisSinclair": 0, "FinnisSinclairShiftedScaled": 1}
+
+#: Refuse potentials whose radial lookup tables would exceed this (bytes). A five-element potential
+#: with nradbase 20, nradmax 15, lmax 6, r_c 8 A and pacemaker's knot spacing 0.001 A needs 0.8 GB.
+MAX_TABLE_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -143,6 +148,20 @@ def _validated_lint(spec, where):
         raise PotentialFormatError(f"{where}: {exc}") from None
 
 
+def _check_table_size(pot: PotentialFile, nradbase: int, nradmax: int, lmax: int) -> None:
+    """PotentialFormatError before allocating radial tables larger than MAX_TABLE_BYTES."""
+    ncol = nradbase + nradmax * (lmax + 1) + 1
+    knots = max(math.floor(b.rcut / pot.delta_spline_bins) + 1 for b in pot.bonds.values())
+    size = 32.0 * len(pot.elements) ** 2 * knots * ncol
+    if size > MAX_TABLE_BYTES:
+        raise PotentialFormatError(
+            f"{pot.source}: the radial tables would need {size / 2**30:.3g} GiB (limit {MAX_TABLE_BYTES / 2**30:g}): "
+            f"{knots} knots (max rcutij {max(b.rcut for b in pot.bonds.values())} / DeltaSplineBins "
+            f"{pot.delta_spline_bins}) x {ncol} columns (nradbase {nradbase}, nradmax {nradmax}, lmax {lmax}, "
+            "including the nr and nl of the functions)"
+        )
+
+
 def build_basis(pot: PotentialFile) -> ACEBasis:
     """Compile a parsed potential into kernel arrays (function order, CG lists, radial tables)."""
     elements = pot.elements
@@ -152,6 +171,7 @@ def build_basis(pot: PotentialFile) -> ACEBasis:
     lm_full = (lmax + 1) ** 2
 
     # ---- bonds and radial tables
+    _check_table_size(pot, nradbase, nradmax, lmax)
     cutoff = np.zeros((S, S))
     tables = []
     r_in = np.zeros(S * S)
@@ -175,7 +195,17 @@ def build_basis(pot: PotentialFile) -> ACEBasis:
                 z_central=atomic_numbers[ea],
                 z_neighbour=atomic_numbers[eb],
             )
-            tables.append(build_radial_table(params, nradbase, nradmax, lmax, pot.delta_spline_bins))
+            try:
+                table = build_radial_table(params, nradbase, nradmax, lmax, pot.delta_spline_bins)
+            except ValueError as exc:
+                raise PotentialFormatError(f"{pot.source}: bond {ea}-{eb}: {exc}") from None
+            if not np.all(np.isfinite(table.coefficients)):
+                raise PotentialFormatError(
+                    f"{pot.source}: bond {ea}-{eb}: the radial functions are not finite on [0, rcutij] "
+                    f"(check radbase {bond.radbase}, radparameters {list(bond.radparameters)}, "
+                    "radcoefficients, core-repulsion)"
+                )
+            tables.append(table)
             cutoff[a, b] = bond.rcut
             r_in[a * S + b] = bond.r_in
             delta_in[a * S + b] = bond.delta_in

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,21 @@ import yaml
 class PotentialFormatError(ValueError):
     """A potential file is missing a field or has a malformed one."""
 
+
+class PotentialFormatWarning(UserWarning):
+    """A potential file loads but looks suspicious (e.g. it may have been truncated)."""
+
+
+# Sanity limits far above any fitted pacemaker potential (radial sizes ~ 10-30, lmax ~ 6): a corrupted
+# digit must give an error naming the field, not an attempt to allocate terabytes of tables.
+MAX_RADIAL_FUNCTIONS = 1000        # nradmaxi, nradbaseij and the nr of a function
+MAX_ANGULAR_MOMENTUM = 100         # lmaxi, nl and lint of a function
+MAX_COUPLING_TERMS = 2_000_000     # prod_{t < rank} (2 l_t + 1): bounds the generalized CG work of a function
+
+
+#: Safe loading only (no python/* tags): libyaml's C SafeLoader when PyYAML has it (7x faster), else the
+#: pure-Python SafeLoader. Both build plain dicts, lists, strings and numbers with SafeConstructor.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 EMBEDDING_TYPES = ("FinnisSinclair", "FinnisSinclairShiftedScaled")
 INNER_CUTOFF_TYPES = ("distance", "density", "zbl")
@@ -153,6 +169,18 @@ class _Fields:
             raise PotentialFormatError(f"{self.where}: field '{key}' must be an integer, found {value!r}")
         return int(value)
 
+    def bounded_integer(self, key, low: int, high: int, default=...) -> int:
+        value = self.integer(key, default)
+        if not low <= value <= high:
+            raise PotentialFormatError(f"{self.where}: field '{key}' must lie in {low}..{high}, found {value}")
+        return value
+
+    def boolean(self, key, default=...) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise PotentialFormatError(f"{self.where}: field '{key}' must be true or false, found {value!r}")
+        return value
+
     def string(self, key, default=...) -> str:
         value = self.raw(key, default)
         if not isinstance(value, str):
@@ -188,9 +216,9 @@ _BOND_KEYS = ("nradmaxi", "lmaxi", "nradbaseij", "radbase", "radparameters", "ra
 
 
 def _read_bond(fields: _Fields, central: str, neighbour: str) -> BondSpec:
-    nradmax = fields.integer("nradmaxi")
-    lmax = fields.integer("lmaxi")
-    nradbase = fields.integer("nradbaseij")
+    nradmax = fields.bounded_integer("nradmaxi", 0, MAX_RADIAL_FUNCTIONS)
+    lmax = fields.bounded_integer("lmaxi", 0, MAX_ANGULAR_MOMENTUM)
+    nradbase = fields.bounded_integer("nradbaseij", 0, MAX_RADIAL_FUNCTIONS)
     radbase = fields.string("radbase")
     if radbase not in RADIAL_BASES and not radbase.startswith("TEST_"):
         if radbase == "ChebLinear":
@@ -201,6 +229,10 @@ def _read_bond(fields: _Fields, central: str, neighbour: str) -> BondSpec:
     radparameters = tuple(fields.numbers("radparameters"))
     if radbase in ("ChebExpCos", "ChebPow") and not radparameters:
         raise PotentialFormatError(f"{fields.where}: field 'radparameters' needs lambda for {radbase}")
+    if radbase == "ChebExpCos" and radparameters[0] == 0.0:
+        raise PotentialFormatError(
+            f"{fields.where}: field 'radparameters': lambda of ChebExpCos must be non-zero (0 divides by zero)"
+        )
     raw = fields.raw("radcoefficients")
     try:
         crad = np.asarray(raw, dtype=np.float64)
@@ -268,7 +300,7 @@ def _read_function(entry, where: str, block_symbols: list, ndensity_of) -> Funct
     unknown = sorted(set(symbols) - set(block_symbols))
     if unknown:
         raise PotentialFormatError(f"{where}: 'type' uses elements {unknown} not named by its speciesblock")
-    if bool(f.raw("skip", False)):
+    if f.boolean("skip", False):
         return None
     rank = len(symbols) - 1
     nr = f.integers("nr")
@@ -277,9 +309,20 @@ def _read_function(entry, where: str, block_symbols: list, ndensity_of) -> Funct
         raise PotentialFormatError(f"{where}: 'nr' and 'nl' need {rank} entries for type {type_field!r}")
     if min(nr) < 1:
         raise PotentialFormatError(f"{where}: 'nr' entries are 1-based and must be >= 1")
+    if max(nr) > MAX_RADIAL_FUNCTIONS:
+        raise PotentialFormatError(f"{where}: field 'nr' = {nr} exceeds {MAX_RADIAL_FUNCTIONS}")
     if min(nl) < 0:
         raise PotentialFormatError(f"{where}: 'nl' entries must be >= 0")
+    if max(nl) > MAX_ANGULAR_MOMENTUM:
+        raise PotentialFormatError(f"{where}: field 'nl' = {nl} exceeds {MAX_ANGULAR_MOMENTUM}")
     lint = f.integers("lint", [])
+    if lint and max(abs(v) for v in lint) > MAX_ANGULAR_MOMENTUM:
+        raise PotentialFormatError(f"{where}: field 'lint' = {lint} exceeds {MAX_ANGULAR_MOMENTUM}")
+    terms = math.prod(2 * l + 1 for l in nl[:-1])
+    if terms > MAX_COUPLING_TERMS:
+        raise PotentialFormatError(
+            f"{where}: field 'nl' = {nl} couples {terms:.3g} m-combinations (limit {MAX_COUPLING_TERMS})"
+        )
     coeffs = f.numbers("c")
     nd = ndensity_of(symbols[0])
     if nd is not None and len(coeffs) != nd:
@@ -296,6 +339,11 @@ def _read_function(entry, where: str, block_symbols: list, ndensity_of) -> Funct
 
 def parse_potential(document, source: str = "<memory>") -> PotentialFile:
     """Build a :class:`PotentialFile` from an already parsed YAML document (a dict)."""
+    if not isinstance(document, dict):
+        raise PotentialFormatError(
+            f"{source}: not a potential file: the top level must be a mapping with 'species', "
+            f"found {type(document).__name__} (truncated file?)"
+        )
     top = _Fields(document, source)
     species = top.raw("species")
     if not isinstance(species, list) or not species:
@@ -335,10 +383,17 @@ def parse_potential(document, source: str = "<memory>") -> PotentialFile:
                     f"{fields.where}: unknown npoti {npoti!r}; known: {', '.join(EMBEDDING_TYPES)}"
                 )
             nd = fields.integer("ndensityi")
+            if nd < 1:
+                raise PotentialFormatError(f"{fields.where}: field 'ndensityi' must be >= 1, found {nd}")
             params = fields.numbers("parameters")
-            if nd < 1 or len(params) != 2 * nd:
+            if len(params) != 2 * nd:
                 raise PotentialFormatError(
                     f"{fields.where}: field 'parameters' must hold 2*ndensityi = {2 * nd} numbers, found {len(params)}"
+                )
+            if npoti == "FinnisSinclairShiftedScaled" and min(params[1::2]) <= 0.0:
+                raise PotentialFormatError(
+                    f"{fields.where}: field 'parameters': the exponents m of FinnisSinclairShiftedScaled "
+                    f"must be > 0, found {params[1::2]}"
                 )
             embeddings[el] = EmbeddingSpec(
                 npoti=npoti,
@@ -369,6 +424,12 @@ def parse_potential(document, source: str = "<memory>") -> PotentialFile:
     missing_bonds = [f"{a}-{b}" for a in elements for b in elements if (a, b) not in bonds]
     if missing_bonds:
         raise PotentialFormatError(f"{source}: no radial description for bonds {missing_bonds}")
+    for (a, b), bond in bonds.items():
+        if math.floor(bond.rcut / h) < 2:
+            raise PotentialFormatError(
+                f"{source}: bond {a}-{b}: field 'rcutij' = {bond.rcut} gives fewer than two spline knots "
+                f"with global.DeltaSplineBins = {h}"
+            )
     inner_types = {bond.inner_cutoff_type for bond in bonds.values()}
     if len(inner_types) > 1:
         raise PotentialFormatError(f"{source}: inner_cutoff_type differs between bonds: {sorted(inner_types)}")
@@ -417,13 +478,22 @@ def read_potential_file(path) -> PotentialFile:
             text = handle.read()
     except OSError as exc:
         raise PotentialFormatError(f"{path}: cannot read potential file ({exc.strerror})") from None
+    stream = io.StringIO(text)
+    stream.name = path           # so that PyYAML's error marks name the file, with line and column
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(stream, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise PotentialFormatError(f"{path}: not valid YAML: {exc}") from None
     if document is None:
         raise PotentialFormatError(f"{path}: empty potential file")
-    return parse_potential(document, source=path)
+    potential = parse_potential(document, source=path)
+    if not text.endswith("\n"):
+        warnings.warn(
+            f"{path}: the potential file does not end with a newline; it may have been truncated "
+            "(a file cut after a complete function entry still parses, with fewer functions)",
+            PotentialFormatWarning, stacklevel=2,
+        )
+    return potential
 
 
 # --------------------------------------------------------------------------------------

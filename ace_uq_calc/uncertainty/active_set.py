@@ -476,6 +476,35 @@ class ActiveSet:
         with atomic_write(path, "wb") as handle:
             np.savez(handle, **members)
 
+    def check_compatible(self, nfunc_per_element: Mapping, ndensity_per_element: Mapping | None = None,
+                         elements: Iterable | None = None, source: str = "active set") -> None:
+        """ValueError unless this active set belongs to a potential with these function counts.
+
+        Every element (default: the keys of ``nfunc_per_element``) must have a matrix of size nfunc
+        (linear) or nfunc * ndensity (non-linear), all of the same kind, and that kind must agree with
+        ``self.nonlinear``. Used for ActiveSet objects handed to the calculator (files are checked by
+        :meth:`load`); catches an active set of another potential before it can give wrong grades.
+        """
+        if elements is None:
+            elements = list(nfunc_per_element)
+        layouts = {}
+        for el in elements:
+            if el not in self.inverse:
+                have = ", ".join(self.inverse) or "none"
+                raise ValueError(f"{source}: no inverse active set for element {el!r} (it has: {have})")
+            if el in nfunc_per_element:
+                ndensity = None if ndensity_per_element is None else ndensity_per_element.get(el)
+                layouts[el] = _layout_of(source, el, self.inverse[el].shape[0], int(nfunc_per_element[el]), ndensity)
+        kinds = set(layouts.values())
+        if len(kinds) > 1:
+            listing = ", ".join(f"{el}: {kind}" for el, kind in layouts.items())
+            raise ValueError(f"{source}: elements mix linear and non-linear active sets ({listing})")
+        if kinds and (kinds.pop() == "non-linear") != bool(self.nonlinear):
+            raise ValueError(
+                f"{source}: the matrix sizes are those of a {'linear' if self.nonlinear else 'non-linear'} active "
+                f"set, but it is marked nonlinear={self.nonlinear}"
+            )
+
     @classmethod
     def load(cls, path, nfunc_per_element: Mapping | None = None, ndensity_per_element: Mapping | None = None,
              elements: Iterable | None = None) -> "ActiveSet":
