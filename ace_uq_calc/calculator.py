@@ -14,6 +14,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .evaluation import evaluate
 from .potential.basis import ACEBasis, load_basis
+from .potential.yaml_format import reference_energies_of
 
 
 class ACECalculator(Calculator):
@@ -28,6 +29,10 @@ class ACECalculator(Calculator):
         pacemaker ``.asi`` file (linear or non-linear); adds ``gamma`` (N,) and ``max_gamma``.
     compute_gamma : bool
         Set False to skip gamma even when an active set is loaded.
+    reference_energies : bool
+        Add the one-body reference energies E0 (eV per atom of each element) that ace_uq_calc's
+        fitting stores in the potential's metadata (default True). pacemaker and LAMMPS ignore
+        them, so their energies equal ours with ``reference_energies=False``.
     """
 
     implemented_properties = [
@@ -36,9 +41,12 @@ class ACECalculator(Calculator):
     ]
     default_parameters: dict = {}
 
-    def __init__(self, potential, active_set=None, compute_gamma: bool = True, **kwargs):
+    def __init__(self, potential, active_set=None, compute_gamma: bool = True, reference_energies: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.basis: ACEBasis = load_basis(potential)
+        e0 = reference_energies_of(self.basis.potential) if reference_energies else {}
+        self.reference_energy = np.array([e0.get(el, 0.0) for el in self.basis.elements])
         self.active_set = None
         if active_set is not None:
             from .uncertainty.active_set import ActiveSet
@@ -79,9 +87,12 @@ class ACECalculator(Calculator):
             projections=bool(wants_gamma and not nonlinear),
             nonlinear=nonlinear,
         )
-        self.results["energy"] = result.energy
-        self.results["free_energy"] = result.energy
-        self.results["energies"] = result.energies
+        energies = result.energies
+        if self.reference_energy.any():
+            energies = energies + self.reference_energy[species]
+        self.results["energy"] = float(energies.sum())
+        self.results["free_energy"] = self.results["energy"]
+        self.results["energies"] = energies
         self.results["forces"] = result.forces
         self.results["neighbour_count"] = result.neighbour_count
         volume = abs(np.linalg.det(cell))

@@ -169,3 +169,32 @@ def prune_dependent_functions(pot: PotentialFile, relative_tolerance: float = 1e
     return PotentialFile(elements=list(pot.elements), delta_spline_bins=pot.delta_spline_bins,
                          embeddings=pot.embeddings, bonds=pot.bonds, functions=functions,
                          metadata=dict(pot.metadata), source=pot.source)
+
+
+#: basis sizes tried by :func:`basis_for_size`, smallest first: (nradmax per rank, lmax per rank)
+SIZE_LADDER = (
+    ((6, 3, 2, 1), (0, 2, 2, 1)),
+    ((8, 4, 3, 2), (0, 3, 2, 1)),
+    ((8, 6, 3, 2), (0, 3, 2, 1)),
+    ((10, 7, 4, 2), (0, 4, 3, 1)),
+    ((12, 8, 5, 3), (0, 4, 3, 2)),
+    ((12, 10, 6, 3), (0, 5, 4, 2)),
+    ((15, 12, 7, 4), (0, 6, 4, 3)),
+)
+
+
+def count_functions(elements, limits: BasisLimits) -> int:
+    """Number of enumerated functions per central element (before pruning)."""
+    first = sorted(elements)[0]
+    return sum(1 for item in enumerate_functions(elements, limits) if item[0] == first)
+
+
+def basis_for_size(elements, target_functions: int) -> BasisLimits:
+    """The largest ladder entry with at most ``target_functions`` functions per element (the smallest
+    entry if none fits)."""
+    chosen = BasisLimits(*SIZE_LADDER[0])
+    for nrad, lmax in SIZE_LADDER:
+        limits = BasisLimits(nrad, lmax)
+        if count_functions(elements, limits) <= target_functions:
+            chosen = limits
+    return chosen

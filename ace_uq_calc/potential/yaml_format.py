@@ -39,6 +39,10 @@ MAX_COUPLING_TERMS = 2_000_000     # prod_{t < rank} (2 l_t + 1): bounds the gen
 #: pure-Python SafeLoader. Both build plain dicts, lists, strings and numbers with SafeConstructor.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+#: metadata key prefix of one-body reference energies (eV) written by ace_uq_calc's fitting;
+#: pacemaker ignores metadata, so its energies exclude them.
+REFERENCE_ENERGY_KEY = "reference_energy_"
+
 EMBEDDING_TYPES = ("FinnisSinclair", "FinnisSinclairShiftedScaled")
 INNER_CUTOFF_TYPES = ("distance", "density", "zbl")
 RADIAL_BASES = ("SBessel", "ChebExpCos", "ChebPow")
@@ -575,3 +579,16 @@ def write_potential_file(pot: PotentialFile, path) -> None:
     text = format_potential(pot)
     with atomic_write(path, mode="w") as handle:
         handle.write(text)
+
+
+def reference_energies_of(pot: PotentialFile) -> dict:
+    """One-body reference energies E0 (eV per atom) stored in the metadata; empty if none."""
+    out = {}
+    for key, value in (pot.metadata or {}).items():
+        if str(key).startswith(REFERENCE_ENERGY_KEY):
+            element = str(key)[len(REFERENCE_ENERGY_KEY):]
+            try:
+                out[element] = float(value)
+            except ValueError:
+                raise PotentialFormatError(f"{pot.source}: metadata '{key}' is not a number: {value!r}") from None
+    return out

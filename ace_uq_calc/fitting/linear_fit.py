@@ -1,0 +1,283 @@
+"""Linear ACE fits of energies, forces and stresses by regularised least squares.
+
+Assembly streams over structures into normal equations (memory O(m^2) in the number of functions,
+not O(data)). The ridge strength is chosen on a validation split of the training structures
+(by structure, fixed seed) using the validation normal equations, then the model is refitted on
+all training structures with that strength.
+
+Loss (each term averaged over its own rows, so the weights are relative importances):
+  w_E * mean_s ((E_s - E^_s) / N_s)^2 + w_F * mean_components (F - F^)^2 + w_S * mean (sigma - sigma^)^2
+Energies in eV, forces eV/A, stress eV/A^3.
+
+One-body reference energies E0 per element are extra, unregularised columns (or fixed from
+isolated-atom structures when the data contain them). pacemaker's .yaml has no field for them: they
+are stored in the file's ``metadata`` as ``reference_energy_<El>`` (eV), which pacemaker ignores and
+:class:`~ace_uq_calc.ACECalculator` adds by default.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..potential.basis import ACEBasis, build_basis
+from ..potential.yaml_format import REFERENCE_ENERGY_KEY, PotentialFile, reference_energies_of  # noqa: F401
+from .design import is_linear, structure_design
+
+
+
+@dataclass
+class FitWeights:
+    energy: float = 1.0
+    forces: float = 0.01
+    stress: float = 0.01
+
+
+@dataclass
+class NormalEquations:
+    """Accumulated A^T A, A^T b and b^T b of weighted least squares (m + n_elements columns)."""
+
+    ata: np.ndarray
+    atb: np.ndarray
+    btb: float = 0.0
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, n: int) -> "NormalEquations":
+        return cls(np.zeros((n, n)), np.zeros(n))
+
+    def add(self, rows: np.ndarray, targets: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        self.ata += rows.T @ rows
+        self.atb += rows.T @ targets
+        self.btb += float(targets @ targets)
+        self.rows += len(targets)
+
+    def __iadd__(self, other: "NormalEquations") -> "NormalEquations":
+        self.ata += other.ata
+        self.atb += other.atb
+        self.btb += other.btb
+        self.rows += other.rows
+        return self
+
+    def sse(self, coef: np.ndarray) -> float:
+        """Weighted sum of squared residuals of ``coef`` (from the normal equations alone)."""
+        return float(coef @ self.ata @ coef - 2 * coef @ self.atb + self.btb)
+
+
+def isolated_atom_energies(frames, basis: ACEBasis) -> dict:
+    """E0 per element from single-atom structures with no neighbour within the cut-off."""
+    from ..kernels.neighbours import build_neighbour_list
+
+    out = {}
+    for atoms in frames:
+        if len(atoms) != 1 or not _has_energy(atoms):
+            continue
+        species = basis.species_of(atoms.get_chemical_symbols())
+        nl = build_neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, species, basis.cutoff_matrix)
+        if len(nl.index) == 0:
+            out.setdefault(atoms.get_chemical_symbols()[0], atoms.get_potential_energy())
+    return out
+
+
+def _has_energy(atoms) -> bool:
+    try:
+        atoms.get_potential_energy()
+        return True
+    except Exception:
+        return False
+
+
+def _reference(atoms):
+    """(energy, forces or None, stress Voigt or None) of a labelled structure."""
+    energy = atoms.get_potential_energy()
+    forces = None
+    stress = None
+    calc = atoms.calc
+    if calc is not None and "forces" in calc.results:
+        forces = np.asarray(calc.results["forces"], dtype=float)
+    if calc is not None and "stress" in calc.results and atoms.cell.rank == 3:
+        s = np.asarray(calc.results["stress"], dtype=float)
+        stress = s if s.shape == (6,) else np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    return energy, forces, stress
+
+
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def structure_rows(basis: ACEBasis, atoms, weights: FitWeights, norms: dict, fixed_e0: dict):
+    """Weighted design rows and targets of one structure (energy, forces, stress)."""
+    m = int(basis.function_start[-1])
+    S = basis.n_elements
+    energy, forces, stress = _reference(atoms)
+    use_forces = forces is not None and weights.forces > 0
+    design = structure_design(basis, atoms, with_forces=use_forces or (stress is not None and weights.stress > 0))
+    n = len(atoms)
+    symbols = atoms.get_chemical_symbols()
+    counts = np.array([symbols.count(el) for el in basis.elements], dtype=float)
+    rows, targets = [], []
+    # energy row: coefficients then E0 columns (fixed E0 move to the target)
+    e_row = np.concatenate([design.energy, counts])
+    target = energy - design.baseline_energy
+    for e, el in enumerate(basis.elements):
+        if el in fixed_e0:
+            target -= counts[e] * fixed_e0[el]
+            e_row[m + e] = 0.0
+    w = np.sqrt(weights.energy / norms["energy"]) / n
+    rows.append(w * e_row[None, :])
+    targets.append(np.array([w * target]))
+    if use_forces:
+        w = np.sqrt(weights.forces / norms["forces"])
+        f_rows = np.hstack([design.forces, np.zeros((3 * n, S))])
+        rows.append(w * f_rows)
+        targets.append(w * (forces.ravel() - design.baseline_forces))
+    if stress is not None and weights.stress > 0:
+        volume = abs(np.linalg.det(atoms.cell.array))
+        w = np.sqrt(weights.stress / norms["stress"])
+        v = design.virial.reshape(3, 3, m)
+        bv = design.baseline_virial.reshape(3, 3)
+        s_rows = np.array([(v[a, b] + v[b, a]) / (2 * volume) for a, b in _VOIGT])
+        s_base = np.array([(bv[a, b] + bv[b, a]) / (2 * volume) for a, b in _VOIGT])
+        rows.append(w * np.hstack([s_rows, np.zeros((6, S))]))
+        targets.append(w * (stress - s_base))
+    return np.vstack(rows), np.concatenate(targets)
+
+
+def _norms(frames, weights: FitWeights) -> dict:
+    n_struct = n_force = n_stress = 0
+    for atoms in frames:
+        _, forces, stress = _reference(atoms)
+        n_struct += 1
+        if forces is not None:
+            n_force += forces.size
+        if stress is not None:
+            n_stress += 6
+    return {"energy": max(n_struct, 1), "forces": max(n_force, 1), "stress": max(n_stress, 1)}
+
+
+class _Progress:
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.start = time.perf_counter()
+        self.last = -1
+
+    def update(self, done: int) -> None:
+        if not self.enabled or self.total == 0:
+            return
+        pct = int(100 * done / self.total)
+        if pct == self.last and done != self.total:
+            return
+        self.last = pct
+        bar = "#" * (pct * 30 // 100)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {pct:3d}% {done}/{self.total} "
+                         f"{time.perf_counter() - self.start:6.1f} s")
+        if done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
+             progress: bool = False, label: str = "assembling") -> NormalEquations:
+    """Normal equations of ``frames`` (streamed one structure at a time)."""
+    ncols = int(basis.function_start[-1]) + basis.n_elements
+    eq = NormalEquations.empty(ncols)
+    bar = _Progress(len(frames), label, progress)
+    for k, atoms in enumerate(frames):
+        rows, targets = structure_rows(basis, atoms, weights, norms, fixed_e0)
+        eq.add(rows, targets)
+        bar.update(k + 1)
+    return eq
+
+
+def solve_ridge(eq: NormalEquations, lam: float, m: int) -> np.ndarray:
+    """Minimise ||A c - b||^2 + lam * ||D c_ACE||^2, D = sqrt(diag(A^T A)) of the ACE columns
+    (a scale-free ridge; the E0 columns are not penalised)."""
+    d = np.sqrt(np.maximum(np.diag(eq.ata), 1e-300))
+    ata = eq.ata / np.outer(d, d)
+    atb = eq.atb / d
+    reg = np.zeros(len(d))
+    reg[:m] = lam
+    # columns that never appear (no data) get a unit ridge so the system stays regular
+    reg[np.diag(eq.ata) == 0] = 1.0
+    scaled = np.linalg.solve(ata + np.diag(reg), atb)
+    return scaled / d
+
+
+@dataclass
+class FitResult:
+    potential: PotentialFile
+    coefficients: np.ndarray
+    reference_energies: dict
+    regularisation: float
+    validation_curve: list = field(default_factory=list)
+    fit_time: float = 0.0
+    n_train: int = 0
+    n_validation: int = 0
+
+
+def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, validation_fraction: float = 0.1,
+               seed: int = 0, lambdas=None, reference_energies: dict | None = None,
+               progress: bool = False) -> FitResult:
+    """Fit the coefficients of a linear basis (one density, F = rho) to labelled ASE structures.
+
+    frames: Atoms with energies (and forces, stress when present) attached as calculator results
+    (e.g. from ``ase.io.read(extxyz, ":")``). reference_energies: E0 per element to use (eV); by default
+    taken from isolated-atom structures in ``frames`` if present, otherwise fitted.
+    Returns the potential with fitted coefficients and E0 in its metadata.
+    """
+    t0 = time.perf_counter()
+    weights = weights or FitWeights()
+    if isinstance(basis_or_potential, ACEBasis):
+        basis = basis_or_potential
+    else:
+        basis = build_basis(basis_or_potential)
+    if not is_linear(basis):
+        raise ValueError("fit_linear needs a linear basis: one density per element with F(rho) = rho")
+    frames = [a for a in frames if len(a) > 0]
+    if not frames:
+        raise ValueError("no training structures")
+    fixed = dict(reference_energies) if reference_energies else isolated_atom_energies(frames, basis)
+    m = int(basis.function_start[-1])
+    norms = _norms(frames, weights)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frames))
+    n_val = int(round(validation_fraction * len(frames))) if len(frames) >= 10 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train_eq = assemble(basis, [frames[i] for i in train_idx], weights, norms, fixed, progress, "fit: assembling")
+    lambdas = list(lambdas) if lambdas is not None else list(10.0 ** np.arange(-12, 0.5, 1.0))
+    curve = []
+    if n_val:
+        val_eq = assemble(basis, [frames[i] for i in val_idx], weights, norms, fixed, progress, "fit: validation")
+        for lam in lambdas:
+            coef = solve_ridge(train_eq, lam, m)
+            curve.append((lam, val_eq.sse(coef)))
+        best = min(curve, key=lambda item: item[1])[0]
+        train_eq += val_eq
+    else:
+        best = 1e-8
+    coef = solve_ridge(train_eq, best, m)
+    e0 = {el: float(coef[m + e]) for e, el in enumerate(basis.elements)}
+    e0.update(fixed)
+    pot = basis.potential
+    new_functions = {}
+    for e, el in enumerate(basis.elements):
+        specs = []
+        f0 = basis.function_start[e]
+        for k, spec in enumerate(basis.ordered_functions[el]):
+            clone = type(spec)(central=spec.central, neighbours=spec.neighbours, nr=spec.nr, nl=spec.nl,
+                               lint=spec.lint, coefficients=np.array([coef[f0 + k]]))
+            clone.file_index = k
+            specs.append(clone)
+        new_functions[el] = specs
+    metadata = dict(pot.metadata)
+    for el, value in e0.items():
+        metadata[REFERENCE_ENERGY_KEY + el] = repr(float(value))
+    fitted = PotentialFile(elements=list(pot.elements), delta_spline_bins=pot.delta_spline_bins,
+                           embeddings=pot.embeddings, bonds=pot.bonds, functions=new_functions,
+                           metadata=metadata, source=pot.source)
+    return FitResult(potential=fitted, coefficients=coef[:m], reference_energies=e0, regularisation=best,
+                     validation_curve=curve, fit_time=time.perf_counter() - t0,
+                     n_train=len(train_idx), n_validation=n_val)
