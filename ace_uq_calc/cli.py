@@ -394,6 +394,78 @@ def _add_md_relax_parsers(sub) -> None:
     p.set_defaults(func=_cmd_relax)
 
 
+def _cmd_fit(args):
+    import ase.io
+
+    from .fitting.linear_fit import FitWeights
+    from .fitting.metrics import error_table, format_table
+    from .fitting.recipe import fit
+    from .potential.basis import build_basis
+    from .potential.yaml_format import write_potential_file
+
+    train = [a for path in args.training for a in ase.io.read(path, index=":")]
+    weights = FitWeights(energy=args.energy_weight, forces=args.force_weight, stress=args.stress_weight)
+    result = fit(train, cutoff=args.cutoff, functions=args.functions, weights=weights, seed=args.seed,
+                 core_repulsion=args.core_repulsion, progress=not args.quiet)
+    write_potential_file(result.potential, args.output)
+    basis = build_basis(result.potential)
+    print(f"fitted {', '.join(f'{el}: {n}' for el, n in basis.nfunc.items())} functions on {len(train)} structures "
+          f"in {result.fit_time:.1f} s (ridge {result.regularisation:g}); wrote {args.output}")
+    print("reference energies (eV/atom, stored in the .yaml metadata; pacemaker/LAMMPS exclude them): "
+          + ", ".join(f"{el} {e0:.6f}" for el, e0 in result.reference_energies.items()))
+    from .calculator import ACECalculator
+
+    calc = ACECalculator(basis)
+    print(format_table(error_table([calc], train), "\ntraining set"))
+    if args.test:
+        test = [a for path in args.test for a in ase.io.read(path, index=":")]
+        print(format_table(error_table([calc], test), "\ntest set"))
+    if args.active_set:
+        from .uncertainty.build import build_active_set
+
+        active = build_active_set(basis, train, progress=not args.quiet)
+        active.save(args.active_set)
+        print(f"wrote active set {args.active_set}")
+    return 0
+
+
+def _cmd_eval(args):
+    import ase.io
+
+    from .calculator import ACECalculator
+    from .fitting.metrics import error_table, format_table
+
+    calcs = [ACECalculator(path) for path in args.potentials]
+    frames = ase.io.read(args.data, index=":")
+    label = "mean of %d potentials" % len(calcs) if len(calcs) > 1 else args.potentials[0]
+    print(format_table(error_table(calcs, frames), f"{label} on {args.data}"))
+    return 0
+
+
+def _add_fit_parsers(sub):
+    from .fitting.recipe import DEFAULT_CUTOFF, DEFAULT_FUNCTIONS, DEFAULT_WEIGHTS
+
+    p = sub.add_parser("fit", help="fit a linear ACE potential to labelled structures (extended XYZ)")
+    p.add_argument("training", nargs="+", help="training structures with energies (and forces, stress)")
+    p.add_argument("-o", "--output", required=True, help="output pacemaker B-basis .yaml")
+    p.add_argument("--test", nargs="*", default=None, help="test structures: error table printed")
+    p.add_argument("--cutoff", type=float, default=DEFAULT_CUTOFF, help="cut-off radius, Angstrom")
+    p.add_argument("--functions", type=int, default=DEFAULT_FUNCTIONS, help="target number of functions per element")
+    p.add_argument("--energy-weight", type=float, default=DEFAULT_WEIGHTS.energy)
+    p.add_argument("--force-weight", type=float, default=DEFAULT_WEIGHTS.forces)
+    p.add_argument("--stress-weight", type=float, default=DEFAULT_WEIGHTS.stress)
+    p.add_argument("--core-repulsion", action="store_true", help="exponential core repulsion below 1.5 A")
+    p.add_argument("--active-set", default=None, help="also build the .asi active set from the training data")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("eval", help="error table of one potential (or the mean of several) on labelled data")
+    p.add_argument("potentials", nargs="+")
+    p.add_argument("data")
+    p.set_defaults(func=_cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ace-uq", description="ACE potentials with uncertainty for ASE")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -414,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--active-set", default=None)
     p.add_argument("-o", "--output", default=None, help="extended XYZ with results in arrays/info")
     p.set_defaults(func=_cmd_evaluate)
+
+    _add_fit_parsers(sub)
 
     p = sub.add_parser("activeset", help="build a pacemaker .asi active set (MaxVol) from training data")
     p.add_argument("potential")
