@@ -9,12 +9,17 @@ positive when the energy rises on expansion), gamma dimensionless.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .evaluation import evaluate
+from .evaluation import NeighbourListCache, _Threads, evaluate, kernel_threads
+from .kernels.gamma import extrapolation_grades
 from .potential.basis import ACEBasis, load_basis
 from .potential.yaml_format import reference_energies_of
+
+#: Default neighbour-list skin in Angstrom (see ACECalculator).
+DEFAULT_SKIN = 0.5
 
 
 class ACECalculator(Calculator):
@@ -33,6 +38,15 @@ class ACECalculator(Calculator):
         Add the one-body reference energies E0 (eV per atom of each element) that ace_uq_calc's
         fitting stores in the potential's metadata (default True). pacemaker and LAMMPS ignore
         them, so their energies equal ours with ``reference_energies=False``.
+    num_threads : int, optional
+        Numba threads for this calculator's kernels (1 .. ``numba.config.NUMBA_NUM_THREADS``); default:
+        Numba's current setting (``NUMBA_NUM_THREADS``, all cores unless set). Structures below
+        ``evaluation.PARALLEL_MIN_ATOMS`` (64) atoms always run on one thread.
+    skin : float
+        Neighbour-list skin in Angstrom (default 0.5; 0 disables reuse). The list is built with
+        cut-off + skin and reused, with vectors recomputed from the current positions and filtered by
+        the true cut-off, until an atom has moved more than skin / 2 or the cell, pbc or atoms change.
+        Results are identical to rebuilding every call; see ``evaluation.NeighbourListCache``.
     """
 
     implemented_properties = [
@@ -42,8 +56,17 @@ class ACECalculator(Calculator):
     default_parameters: dict = {}
 
     def __init__(self, potential, active_set=None, compute_gamma: bool = True, reference_energies: bool = True,
-                 **kwargs):
+                 num_threads: int | None = None, skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or int(num_threads) != num_threads or not (
+                    1 <= int(num_threads) <= numba.config.NUMBA_NUM_THREADS):
+                raise ValueError(f"num_threads must be an integer from 1 to {numba.config.NUMBA_NUM_THREADS} "
+                                 f"(NUMBA_NUM_THREADS), got {num_threads!r}")
+            num_threads = int(num_threads)
+        self.num_threads = num_threads
+        self.neighbour_cache = NeighbourListCache(skin)
+        self._species_key = None
         self.basis: ACEBasis = load_basis(potential)
         e0 = reference_energies_of(self.basis.potential) if reference_energies else {}
         self.reference_energy = np.array([e0.get(el, 0.0) for el in self.basis.elements])
@@ -63,6 +86,48 @@ class ACECalculator(Calculator):
                 self.basis.elements, source=f"active set for {self.basis.potential.source}")
             self.active_set = active_set
         self.compute_gamma = compute_gamma
+        self._inverse = {}      # element -> C-contiguous float64 ASI, for the gamma kernel
+        if self.active_set is not None:
+            for el in self.basis.elements:
+                if el in self.active_set.inverse:
+                    self._inverse[el] = np.ascontiguousarray(self.active_set.inverse[el], dtype=np.float64)
+
+    @property
+    def skin(self) -> float:
+        return self.neighbour_cache.skin
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's change detection (``compare_atoms``) with exact comparisons instead of ``allclose``
+        (about 20 times cheaper; a change below 1e-15 now also counts as a change, which only costs
+        a recalculation)."""
+        old = self.atoms
+        if old is None:
+            return super().check_state(atoms, tol)
+        check = set(all_changes) - set(getattr(self, "ignored_changes", ()))
+        changes = []
+        if "cell" in check and not np.array_equal(old.cell.array, atoms.cell.array):
+            changes.append("cell")
+        if "pbc" in check and not np.array_equal(old.pbc, atoms.pbc):
+            changes.append("pbc")
+        arrays1, arrays2 = old.arrays, atoms.arrays
+        for name in check:
+            if name in ("cell", "pbc"):
+                continue
+            a1, a2 = arrays1.get(name), arrays2.get(name)
+            if a1 is None and a2 is None:
+                continue
+            if a1 is None or a2 is None or not np.array_equal(a1, a2):
+                changes.append(name)
+        return changes
+
+    def _species(self, atoms) -> np.ndarray:
+        numbers = atoms.numbers
+        key = self._species_key
+        if key is not None and np.array_equal(key[0], numbers):
+            return key[1]
+        species = self.basis.species_of(atoms.get_chemical_symbols())
+        self._species_key = (numbers.copy(), species)
+        return species
 
     @property
     def elements(self) -> list:
@@ -77,7 +142,7 @@ class ACECalculator(Calculator):
             raise PropertyNotImplementedError(
                 "gamma needs an active set: ACECalculator(potential, active_set='potential.asi')"
             )
-        species = self.basis.species_of(atoms.get_chemical_symbols())
+        species = self._species(atoms)
         cell = atoms.cell.array
         pbc = atoms.pbc
         nonlinear = bool(wants_gamma and self.active_set is not None and self.active_set.nonlinear)
@@ -86,6 +151,8 @@ class ACECalculator(Calculator):
             forces=True,
             projections=bool(wants_gamma and not nonlinear),
             nonlinear=nonlinear,
+            neighbour_cache=self.neighbour_cache,
+            num_threads=self.num_threads,
         )
         energies = result.energies
         if self.reference_energy.any():
@@ -110,12 +177,23 @@ class ACECalculator(Calculator):
             self.results["max_gamma"] = float(gamma.max()) if len(gamma) else 0.0
 
     def _gamma(self, species, result) -> np.ndarray:
+        """gamma_i = max_j |x_i @ ASI[:, j]| per element, in a Numba kernel (no BLAS threads)."""
         x = result.nonlinear_projections if self.active_set.nonlinear else result.projections
         gamma = np.zeros(len(species))
-        for e, el in enumerate(self.basis.elements):
-            mask = species == e
-            if not mask.any():
-                continue
-            n = self.active_set.inverse[el].shape[0]
-            gamma[mask] = self.active_set.grades(el, np.ascontiguousarray(x[mask, :n]))
+        if not len(species):
+            return gamma
+        with _Threads(kernel_threads(len(species), self.num_threads)):
+            threads = numba.get_num_threads()
+            for e, el in enumerate(self.basis.elements):
+                rows = np.flatnonzero(species == e)
+                if not len(rows):
+                    continue
+                asi = self._inverse.get(el)
+                if asi is None:     # let the active set raise its error for a missing element
+                    self.active_set.grades(el, x[rows])
+                    continue
+                if asi.shape[0] > x.shape[1]:
+                    raise ValueError(f"projection width {x.shape[1]} does not match the inverse active set "
+                                     f"size {asi.shape[0]}")
+                extrapolation_grades(x, rows.astype(np.int64), asi, min(threads, len(rows)), gamma)
         return gamma

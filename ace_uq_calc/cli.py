@@ -42,7 +42,7 @@ def _cmd_evaluate(args):
     from .calculator import ACECalculator
     from .io import write_frames
 
-    calc = ACECalculator(args.potential, active_set=args.active_set)
+    calc = ACECalculator(args.potential, active_set=args.active_set, num_threads=args.num_threads)
     frames = ase.io.read(args.structures, index=":")
     out = []
     for atoms in frames:
@@ -171,7 +171,7 @@ def _monitored_calculator(args):
         kwargs["ensemble"] = args.ensemble
     if measure.name == "gamma" and args.active_set is None:
         raise ValueError("--measure gamma needs --active-set POT.asi (build one with 'ace-uq activeset')")
-    calc = ACECalculator(args.potential, active_set=args.active_set, **kwargs)
+    calc = ACECalculator(args.potential, active_set=args.active_set, num_threads=args.num_threads, **kwargs)
     if measure.key not in calc.implemented_properties:
         raise ValueError(f"--measure {args.measure} is not supported yet: ACECalculator does not provide "
                          f"'{measure.key}' ({measure.description}; expected from {measure.provided_by}). "
@@ -339,11 +339,17 @@ def _cmd_relax(args):
     return _finish(args, "relax", monitor, paths, atoms, extra, t_start)
 
 
+def _add_threads_option(p) -> None:
+    p.add_argument("--num-threads", type=int, default=None, metavar="N",
+                   help="Numba threads for the evaluation (default: all cores, or NUMBA_NUM_THREADS)")
+
+
 def _add_monitor_options(p, default_outdir: str) -> None:
     from .monitor import ALIASES, MEASURES, REDUCTIONS
 
     p.add_argument("potential", help="pacemaker .yaml potential")
     p.add_argument("--active-set", default=None, help="pacemaker .asi active set (needed for gamma)")
+    _add_threads_option(p)
     p.add_argument("--structure", required=True, help="starting structure (any ASE format; last frame)")
     p.add_argument("--measure", default="gamma", choices=sorted(MEASURES) + sorted(ALIASES),
                    help="per-atom uncertainty to watch (default gamma; 'error' = forces_error_estimate)")
@@ -485,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("structures")
     p.add_argument("--active-set", default=None)
     p.add_argument("-o", "--output", default=None, help="extended XYZ with results in arrays/info")
+    _add_threads_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
     _add_fit_parsers(sub)

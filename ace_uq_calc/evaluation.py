@@ -6,12 +6,15 @@ The ASE calculator is a thin layer over it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from .kernels.evaluator import accumulate_forces, evaluate_atoms
-from .kernels.neighbours import build_neighbour_list, minimum_pair_distance
+from .kernels.checks import all_finite, max_squared_displacement, neighbour_list_summary, species_in_range
+from .kernels.evaluator import KernelLayout, accumulate_forces, evaluate_atoms, kernel_layout
+from .kernels.neighbours import NeighbourList, build_neighbour_list, minimum_pair_distance, refresh_neighbour_list
 from .potential.basis import ACEBasis
 
 #: Pairs closer than this (Angstrom) are rejected: the radial tables of pacemaker start at one knot.
@@ -35,6 +38,15 @@ class Evaluation:
     densities: np.ndarray          # (N, max ndensity)
     dF_drho: np.ndarray            # (N, max ndensity)
     neighbour_count: np.ndarray    # (N,) number of neighbours within the bond cut-offs
+
+
+def basis_layout(basis: ACEBasis) -> KernelLayout:
+    """The kernel layout of a basis (built on first use and kept on the basis object)."""
+    layout = basis.__dict__.get("_kernel_layout")
+    if layout is None:
+        layout = kernel_layout(basis)
+        basis.__dict__["_kernel_layout"] = layout
+    return layout
 
 
 def check_structure(positions, cell, pbc):
@@ -127,6 +139,89 @@ def _check_finite(basis: ACEBasis, **arrays):
         )
 
 
+#: Structures with fewer atoms than this are evaluated by one thread whatever the thread setting: a
+#: parallel region costs tens of microseconds on an idle machine and, when another process holds a
+#: core, a wait for a scheduler time slice (milliseconds), against about 3 ms of work for 32 atoms.
+PARALLEL_MIN_ATOMS = 64
+
+
+class _Threads:
+    """Context manager: run the Numba kernels with ``count`` threads (None: leave the setting), and
+    restore the previous setting. ``numba.set_num_threads`` is per Python thread."""
+
+    __slots__ = ("count", "previous")
+
+    def __init__(self, count):
+        self.count = count
+        self.previous = None
+
+    def __enter__(self):
+        if self.count is not None:
+            self.previous = numba.get_num_threads()
+            if self.count != self.previous:
+                numba.set_num_threads(self.count)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None and self.previous != self.count:
+            numba.set_num_threads(self.previous)
+        return False
+
+
+def kernel_threads(n_atoms: int, num_threads=None) -> int:
+    """Threads used for a structure of n_atoms: ``num_threads`` (None: Numba's current setting), but
+    one thread below :data:`PARALLEL_MIN_ATOMS` atoms."""
+    if n_atoms < PARALLEL_MIN_ATOMS:
+        return 1
+    return max(1, numba.get_num_threads() if num_threads is None else int(num_threads))
+
+
+class NeighbourListCache:
+    """Neighbour lists reused across calls (molecular dynamics, relaxations) with a skin.
+
+    The list is built with cut-offs + ``skin`` (Angstrom) and kept, with the positions it was built
+    at, as long as the cell, pbc and species are unchanged and no atom has moved more than skin / 2
+    since; meanwhile each call recomputes the vectors of the kept (i, j, shift) entries from the
+    current positions and keeps those within the true cut-offs
+    (:func:`~ace_uq_calc.kernels.neighbours.refresh_neighbour_list`). Two atoms that each moved less
+    than skin / 2 approached each other by less than skin, so every pair within the cut-off now was
+    within cut-off + skin then: the list equals a freshly built one entry for entry (same order, same
+    floating-point vectors). ``skin = 0`` builds a new list on every call.
+    """
+
+    def __init__(self, skin: float = 0.0):
+        skin = float(skin)
+        if not (np.isfinite(skin) and skin >= 0.0):
+            raise ValueError(f"skin must be a finite number >= 0 Angstrom, got {skin!r}")
+        self.skin = skin
+        self.builds = 0          # lists built (for tests and diagnostics)
+        self.reuses = 0          # calls served by refreshing a kept list
+        self._state = None       # (positions, cell, pbc, species, cutoff matrix id, skin list)
+
+    def clear(self):
+        self._state = None
+
+    def neighbour_list(self, basis: ACEBasis, positions, cell, pbc, species) -> NeighbourList:
+        """The exact neighbour list (cut-offs of ``basis``) of validated, contiguous inputs."""
+        if self.skin > 0.0:
+            state = self._state
+            if (state is not None and state[5] is basis and state[0].shape == positions.shape
+                    and (state[1] == cell).all() and (state[2] == pbc).all() and (state[3] == species).all()
+                    and max_squared_displacement(positions, state[0]) < 0.25 * self.skin * self.skin):
+                self.reuses += 1
+                return refresh_neighbour_list(state[4], positions, cell, pbc, species, basis.cutoff_matrix)
+        n_atoms = len(positions)
+        _check_duplicate_positions(positions)
+        _check_image_density(n_atoms, cell, pbc, basis.cutoff_max)
+        self.builds += 1
+        if self.skin <= 0.0:
+            return build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
+        self._state = None
+        skin_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix + self.skin)
+        self._state = (positions.copy(), cell.copy(), pbc.copy(), species.copy(), skin_list, basis)
+        return refresh_neighbour_list(skin_list, positions, cell, pbc, species, basis.cutoff_matrix)
+
+
 def evaluate(
     basis: ACEBasis,
     positions,
@@ -137,62 +232,88 @@ def evaluate(
     projections: bool = False,
     nonlinear: bool = False,
     neighbour_list=None,
+    neighbour_cache: NeighbourListCache | None = None,
+    num_threads: int | None = None,
 ) -> Evaluation:
     """Energies (and optionally forces, virial, projections) of one structure.
 
     positions (N, 3) Angstrom; cell (3, 3) rows = lattice vectors, Angstrom; pbc (3,) bool;
     species (N,) species indices of ``basis.elements``.
+    neighbour_list: a ready :class:`NeighbourList` (else one is built, or taken from
+    ``neighbour_cache``, see :class:`NeighbourListCache`). num_threads: Numba threads for the kernels
+    (None: the current setting); structures below :data:`PARALLEL_MIN_ATOMS` atoms use one.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
-    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()   # a scalar applies to all three
+    pbc = np.array(pbc, dtype=bool)
+    if pbc.shape != (3,):
+        pbc = np.broadcast_to(pbc, (3,)).copy()   # a scalar applies to all three
     species = np.ascontiguousarray(species, dtype=np.int64)
-    check_structure(positions, cell, pbc)
+    if positions.ndim != 2 or positions.shape[1] != 3 or not (all_finite(positions) and all_finite(cell)):
+        check_structure(positions, cell, pbc)          # raises with the details
     n_atoms = len(positions)
-    _check_species(species, n_atoms, basis.n_elements)
-    if neighbour_list is None:
-        _check_duplicate_positions(positions)
-        _check_image_density(n_atoms, cell, pbc, basis.cutoff_max)
-        neighbour_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
-    nl = neighbour_list
-    _check_neighbour_list(nl, n_atoms)
-    if len(nl.distance):
-        dmin, i, j = minimum_pair_distance(nl)
+    if species.shape != (n_atoms,) or not species_in_range(species, basis.n_elements):
+        _check_species(species, n_atoms, basis.n_elements)
+    threads = kernel_threads(n_atoms, num_threads)
+    with _Threads(threads):
+        if neighbour_list is None:
+            if neighbour_cache is not None:
+                neighbour_list = neighbour_cache.neighbour_list(basis, positions, cell, pbc, species)
+            else:
+                _check_duplicate_positions(positions)
+                _check_image_density(n_atoms, cell, pbc, basis.cutoff_max)
+                neighbour_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
+        else:
+            _check_neighbour_list(neighbour_list, n_atoms)      # a list from the caller
+        nl = neighbour_list
+        most, most_atom, dmin, entry = neighbour_list_summary(nl.first, nl.distance)
+        if most > MAX_NEIGHBOURS_PER_ATOM:
+            _check_neighbour_list(nl, n_atoms)
         if dmin < MIN_PAIR_DISTANCE:
+            dmin, i, j = minimum_pair_distance(nl)
             raise ValueError(
                 f"atoms {i} and {j} are {dmin:.3g} Angstrom apart (closer than {MIN_PAIR_DISTANCE} Angstrom)"
             )
-    max_nd = basis.coefficients.shape[1]
-    max_nf = basis.max_nfunc
-    npairs = len(nl.distance)
-    energies = np.zeros(n_atoms)
-    pair_gradient = np.zeros((npairs if forces else 0, 3))
-    proj = np.zeros((n_atoms if projections else 0, max_nf))
-    nlproj = np.zeros((n_atoms if nonlinear else 0, max_nf * max_nd))
-    densities = np.zeros((n_atoms, max_nd))
-    dF = np.zeros((n_atoms, max_nd))
-    if n_atoms:
-        evaluate_atoms(
-            species, nl.first, nl.index, nl.vector, nl.distance,
-            basis.radial_tables, basis.radial_scale, basis.radial_nlut, basis.bond_r_in, basis.bond_delta_in,
-            basis.zbl, basis.cutoff_max,
-            basis.nradbase, basis.nradmax, basis.lmax, basis.harmonic_norm,
-            basis.function_start, basis.function_rank, basis.function_a1_index, basis.function_ms_start,
-            basis.coefficients, basis.ms_coefficient, basis.ms_factor,
-            basis.ndensity, basis.embedding_weight, basis.embedding_exponent, basis.embedding_kind,
-            basis.rho_core_cut, basis.drho_core_cut,
-            forces, projections, nonlinear,
-            energies, pair_gradient, proj, nlproj, densities, dF,
-        )
+        max_nd = basis.coefficients.shape[1]
+        max_nf = basis.max_nfunc
+        npairs = len(nl.distance)
+        energies = np.empty(n_atoms)                                  # every entry written by the kernel
+        pair_gradient = np.empty((npairs if forces else 0, 3))       # every entry written by the kernel
+        proj = np.zeros((n_atoms if projections else 0, max_nf))
+        nlproj = np.zeros((n_atoms if nonlinear else 0, max_nf * max_nd))
+        densities = np.zeros((n_atoms, max_nd))
+        dF = np.zeros((n_atoms, max_nd))
+        if n_atoms:
+            layout = basis_layout(basis)
+            evaluate_atoms(
+                species, nl.first, nl.index, nl.vector, nl.distance,
+                layout.table, basis.radial_scale, basis.radial_nlut, basis.bond_r_in, basis.bond_delta_in,
+                basis.zbl, basis.cutoff_max,
+                basis.nradbase, basis.nradmax, basis.lmax, layout.lm_l, layout.lm_m, layout.harmonic_norm,
+                layout.rec_a, layout.rec_b, layout.diag,
+                basis.function_start, basis.coefficients, layout.node_start, layout.node_parent,
+                layout.node_factor, layout.function_contrib, layout.contrib_node, layout.contrib_coef,
+                layout.ncontrib_start, layout.ncontrib_node, layout.ncontrib_func, layout.ncontrib_coef,
+                layout.factor_ptr, layout.factor_nodes,
+                layout.rank1_start, layout.rank1_func, layout.rank1_index,
+                layout.max_nodes,
+                basis.ndensity, basis.embedding_weight, basis.embedding_exponent, basis.embedding_kind,
+                basis.rho_core_cut, basis.drho_core_cut,
+                forces, projections, nonlinear, min(n_atoms, threads),
+                energies, pair_gradient, proj, nlproj, densities, dF,
+            )
     force_arr = virial = None
     if forces:
-        force_arr = np.zeros((n_atoms, 3))
-        virial = np.zeros((3, 3))
-        if n_atoms:
-            accumulate_forces(nl.first, nl.index, nl.vector, pair_gradient, force_arr, virial)
+        force_arr = np.empty((n_atoms, 3))
+        virial = np.empty((3, 3))
+        accumulate_forces(nl.first, nl.index, nl.vector, pair_gradient, force_arr, virial)
     energy = float(energies.sum())
-    _check_finite(basis, energies=energies, energy=np.array(energy), forces=force_arr, virial=virial,
-                  projections=proj if projections else None, nonlinear_projections=nlproj if nonlinear else None)
+    if not (math.isfinite(energy) and all_finite(energies) and (force_arr is None or all_finite(force_arr))
+            and (virial is None or all_finite(virial)) and (not projections or all_finite(proj))
+            and (not nonlinear or all_finite(nlproj))):
+        _check_finite(basis, energies=energies, energy=np.array(energy), forces=force_arr, virial=virial,
+                      projections=proj if projections else None,
+                      nonlinear_projections=nlproj if nonlinear else None)
     return Evaluation(
         energy=energy,
         energies=energies,

@@ -8,9 +8,12 @@ Structures: rattled fcc Cu supercells (a = 3.61 A, cubic cell repeated 2..16 tim
 Printed:
 
 * a table of the median wall time per atom (microseconds) of one full ASE calculation of energy and
-  forces (``atoms.get_forces(); atoms.get_potential_energy()``, neighbour list included: one atom is
-  moved by 1e-4 A before each call, so ASE sees a change and recomputes), for 1 and 2 Numba threads
+  forces (``atoms.get_forces(); atoms.get_potential_energy()``, neighbour list included: the
+  calculators use ``skin=0``, so every call builds a new list, and one atom is moved by 1e-4 A before
+  each call, so ASE sees a change and recomputes), for 1 and 2 Numba threads
   (``numba.set_num_threads``), without and with the active set (gamma);
+* MD steps (velocity Verlet, 500 atoms): a force call that rebuilds the neighbour list versus one that
+  reuses it (skin 0.5 A), and a step without skin;
 * the time to the first forces in a *fresh* Python process (import + load potential + first
   ``get_forces`` on 32 atoms), with the Numba on-disk cache already populated ("cache warm"; with
   ``cache=True`` Numba keeps it in the ``__pycache__`` directories of the package, e.g.
@@ -18,7 +21,7 @@ Printed:
   with an empty temporary cache (full compilation);
 * the per-call Python overhead on 32 atoms: wall time of the ASE call minus the time spent inside
   the Numba kernels (every Numba dispatcher called from Python code of the package is wrapped by a
-  timer for this measurement);
+  timer for this measurement), with a new neighbour list every call and with the list reused;
 * with ``--pyace-python PATH``: the same timings of pacemaker's ``pyace.PyACECalculator`` on the
   same structures (written to a temporary extxyz file), in a subprocess run by that interpreter
   (pacemaker lives in its own virtual environment and is never imported here), and the ratio
@@ -34,8 +37,9 @@ Examples::
     python benchmarks/bench_evaluator.py --pyace-python /path/to/pyace-venv/bin/python --json out.json
 
 Timings on a shared machine are noisy: the table reports medians; repeat runs before drawing
-conclusions. OpenBLAS threads (numpy linear algebra, e.g. the gamma step) are not limited by
-``numba.set_num_threads``; ``--blas-threads N`` (or OPENBLAS_NUM_THREADS) pins them.
+conclusions. OpenBLAS threads (numpy linear algebra; no longer used by the gamma step, a Numba
+kernel) are not limited by ``numba.set_num_threads``; ``--blas-threads N`` (or OPENBLAS_NUM_THREADS)
+pins them.
 
 This file must stay importable by an interpreter that has only ase + numpy (the pyace worker mode):
 ace_uq_calc and numba are imported inside functions.
@@ -291,13 +295,15 @@ class KernelTimer:
         self._patched.clear()
 
 
-def measure_overhead(basis, n_atoms: int, calls: int):
-    """Per-call times (s) on ``n_atoms``: full ASE call, inside evaluate(), inside Numba kernels."""
+def measure_overhead(basis, n_atoms: int, calls: int, skin: float = 0.0):
+    """Per-call times (s) on ``n_atoms``: full ASE call, inside evaluate(), inside Numba kernels.
+    skin 0: a new neighbour list every call; skin > 0: the list is reused (the 1e-4 A moves never
+    trigger a rebuild)."""
     import ace_uq_calc.calculator as calculator_module
     from ace_uq_calc import ACECalculator
 
     atoms = make_structure(n_atoms)
-    calc = ACECalculator(basis)
+    calc = ACECalculator(basis, skin=skin)
     atoms.calc = calc
     for _ in range(5):                      # warm-up (no compilation while the timers are installed)
         atoms.positions[0, 0] += STEP
@@ -334,6 +340,39 @@ def measure_overhead(basis, n_atoms: int, calls: int):
         calculator_module.evaluate = original_evaluate
         timer.remove()
     return {"total": total, "evaluate": evaluate_t, "kernels": kernel_t, "per_kernel_mean": per_kernel}
+
+
+def measure_md(basis, n_atoms: int, steps: int, skin: float, temperature: float, timestep_fs: float):
+    """Velocity-Verlet MD on a rattled fcc cell: wall time (s) of every force call, and whether that call
+    built a new neighbour list (skin > 0: only when an atom moved more than skin / 2)."""
+    import numpy as np
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    from ace_uq_calc import ACECalculator
+
+    atoms = make_structure(n_atoms)
+    calc = ACECalculator(basis, skin=skin)
+    atoms.calc = calc
+    masses = atoms.get_masses()[:, None]
+    rng = np.random.default_rng(SEED)
+    atoms.set_momenta(rng.normal(size=(n_atoms, 3)) * np.sqrt(masses * units.kB * temperature))
+    atoms.get_forces()                                  # warm-up (first list)
+    original = calc.calculate
+    record = []
+
+    def timed(*a, **k):
+        builds = calc.neighbour_cache.builds
+        t0 = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            record.append((time.perf_counter() - t0, calc.neighbour_cache.builds > builds))
+
+    calc.calculate = timed
+    VelocityVerlet(atoms, timestep=timestep_fs * units.fs).run(steps)
+    calc.calculate = original
+    return record
 
 
 FIRST_CALL_SCRIPT = r"""
@@ -421,6 +460,14 @@ def parse_args(argv=None):
                    help="also time one fresh process with an empty NUMBA_CACHE_DIR (full compilation)")
     p.add_argument("--overhead-calls", type=int, default=200,
                    help="calls timed for the 32-atom overhead measurement (default 200)")
+    p.add_argument("--skin", type=float, default=0.5,
+                   help="neighbour-list skin (A) of the 'reuse' overhead row and the MD measurement (default 0.5)")
+    p.add_argument("--md-steps", type=int, default=150,
+                   help="velocity-Verlet steps timed per MD run (default 150; 0 skips the MD measurement)")
+    p.add_argument("--md-atoms", type=int, default=500, help="atoms of the MD cell (default 500)")
+    p.add_argument("--md-temperature", type=float, default=1500.0,
+                   help="initial temperature, K (default 1500: several list rebuilds within the run)")
+    p.add_argument("--md-timestep", type=float, default=2.0, help="fs (default 2)")
     p.add_argument("--json", metavar="OUT", type=Path, help="write all numbers to this JSON file")
     p.add_argument("--_pyace-worker", dest="pyace_worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -429,6 +476,8 @@ def parse_args(argv=None):
     args.sizes = sorted(set(args.sizes))
     for n in args.sizes:
         repeats_for(n)
+    if args.md_steps > 0:
+        repeats_for(args.md_atoms)
     return args
 
 
@@ -504,12 +553,12 @@ def main(argv=None) -> int:
             numba.set_num_threads(t)
             row = {"atoms": n, "threads": t}
             atoms = frames[n].copy()
-            calc = count_calculations(ACECalculator(basis))
+            calc = count_calculations(ACECalculator(basis, skin=0.0))
             times, cpu, energy = time_ase_calls(atoms, calc, args.repeats, args.budget, args.min_repeats)
             assert calc.n_calculate == len(times) + 1, "a timed call did not recompute"
             row["ef"] = {"times": times, "cpu": cpu, "energy": energy}
             if calc_efg is not None:
-                calc = count_calculations(ACECalculator(basis, active_set=calc_efg.active_set))
+                calc = count_calculations(ACECalculator(basis, active_set=calc_efg.active_set, skin=0.0))
 
                 def has_gamma(c):
                     if "gamma" not in c.results:
@@ -524,11 +573,21 @@ def main(argv=None) -> int:
             rows.append(row)
             log(f"  {n:6d} atoms, {t} thread(s): E+F {median_us_per_atom(row['ef']['times'], n):.1f} us/atom")
 
-    # ---- per-call overhead, 32 atoms
+    # ---- per-call overhead, 32 atoms: a new neighbour list every call, and (first thread count) reused
     overhead = {}
     for t in threads:
         numba.set_num_threads(t)
-        overhead[t] = measure_overhead(basis, 32, args.overhead_calls)
+        overhead[(t, "rebuild")] = measure_overhead(basis, 32, args.overhead_calls, skin=0.0)
+    numba.set_num_threads(threads[0])
+    overhead[(threads[0], "reuse")] = measure_overhead(basis, 32, args.overhead_calls, skin=args.skin)
+
+    # ---- MD steps with and without neighbour-list reuse
+    md = {}
+    if args.md_steps > 0:
+        log(f"MD steps, {args.md_atoms} atoms ...")
+        numba.set_num_threads(threads[0])
+        for skin in (args.skin, 0.0):
+            md[skin] = measure_md(basis, args.md_atoms, args.md_steps, skin, args.md_temperature, args.md_timestep)
     numba.set_num_threads(max(threads))
 
     # ---- first call in a fresh process
@@ -608,20 +667,38 @@ def main(argv=None) -> int:
     pr("")
     pr("per-call Python overhead, 32 atoms, E+F (median over "
        f"{args.overhead_calls} calls; overhead = ASE call - time inside Numba kernels):")
-    pr(f"  {'thr':>3} | {'ASE call us':>11} | {'in evaluate() us':>16} | {'in Numba kernels us':>19} | "
+    pr(f"  {'thr':>3} {'list':>7} | {'ASE call us':>11} | {'in evaluate() us':>16} | {'in Numba kernels us':>19} | "
        f"{'overhead us':>11} | {'ASE+calculator layer':>20} | {'evaluate() Python':>17}")
-    for t, o in overhead.items():
+    for (t, kind), o in overhead.items():
         tot = 1e6 * statistics.median(o["total"])
         ev = 1e6 * statistics.median(o["evaluate"])
         ker = 1e6 * statistics.median(o["kernels"])
         over = 1e6 * statistics.median([a - b for a, b in zip(o["total"], o["kernels"])])
         layer = 1e6 * statistics.median([a - b for a, b in zip(o["total"], o["evaluate"])])
         evpy = 1e6 * statistics.median([a - b for a, b in zip(o["evaluate"], o["kernels"])])
-        pr(f"  {t:3d} | {tot:11.0f} | {ev:16.0f} | {ker:19.0f} | {over:11.0f} | {layer:20.0f} | {evpy:17.0f}")
-    last = overhead[threads[-1]]["per_kernel_mean"]
-    pr("  kernels timed (mean us/call, " + f"{threads[-1]} thread(s)): "
-       + ", ".join(f"{k.split('.')[-1]} {1e6 * v:.0f}" for k, v in sorted(last.items(), key=lambda kv: -kv[1])))
+        pr(f"  {t:3d} {kind:>7} | {tot:11.0f} | {ev:16.0f} | {ker:19.0f} | {over:11.0f} | {layer:20.0f} | "
+           f"{evpy:17.0f}")
+    pr(f"  (rebuild: skin 0, a new neighbour list every call; reuse: skin {args.skin:g} A, the list of the previous "
+       "call refreshed)")
+    for key in ((threads[0], "rebuild"), (threads[0], "reuse")):
+        last = overhead[key]["per_kernel_mean"]
+        pr(f"  kernels timed (mean us/call, {key[0]} thread(s), {key[1]}): "
+           + ", ".join(f"{k.split('.')[-1]} {1e6 * v:.0f}" for k, v in sorted(last.items(), key=lambda kv: -kv[1])))
     pr("")
+    if md:
+        pr(f"MD steps ({args.md_atoms} atoms, velocity Verlet {args.md_timestep:g} fs from {args.md_temperature:g} K, "
+           f"{args.md_steps} steps, {threads[0]} thread(s)): ms per force call, median [count]")
+        with_skin = md[args.skin]
+        rebuild = [dt for dt, built in with_skin if built]
+        reuse = [dt for dt, built in with_skin if not built]
+        fresh = [dt for dt, _ in md[0.0]]
+        med = lambda v: 1e3 * statistics.median(v) if v else math.nan  # noqa: E731
+        pr(f"  skin {args.skin:g} A: step that rebuilds the list {med(rebuild):.2f} [{len(rebuild)}], "
+           f"step that reuses it {med(reuse):.2f} [{len(reuse)}]; reuse / rebuild = "
+           f"{med(reuse) / med(rebuild) if rebuild and reuse else math.nan:.2f}")
+        pr(f"  skin 0 (new list every step): {med(fresh):.2f} [{len(fresh)}]; reuse step / skin-0 step = "
+           f"{med(reuse) / med(fresh) if reuse else math.nan:.2f}")
+        pr("")
 
     def first_call_line(label, r):
         return (f"  {label}: {r['total']:.2f} s  (import {r['import']:.2f} s, load potential {r['load']:.2f} s, "
@@ -649,7 +726,8 @@ def main(argv=None) -> int:
                           efg_us_per_atom=(median_us_per_atom(r["efg"]["times"], r["atoms"])
                                            if "efg" in r else None)) for r in rows],
             "gamma_error": gamma_error,
-            "overhead_32_atoms": {str(t): o for t, o in overhead.items()},
+            "overhead_32_atoms": {f"{t}-{kind}": o for (t, kind), o in overhead.items()},
+            "md": {str(k): v for k, v in md.items()},
             "first_call": {"warm_runs": warm_runs, "warm_median": med, "priming": priming, "cold": cold},
             "peak_rss_mb": {"baseline": rss_baseline, "after_warmup": rss_after_warmup},
             "pyace": pyace,

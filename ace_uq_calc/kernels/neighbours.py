@@ -16,8 +16,11 @@ Method
    in fractional coordinate d, which gives the bin reach per direction. A bin reached across a periodic
    boundary carries an integer lattice translation t; cells shorter than the cut-off simply give a
    reach of several cell lengths, so all images (including self-images) are found.
-4. Two passes over atoms in ``numba.prange`` (count, then fill after a prefix sum): no races. Within
-   an atom neighbours are sorted by (j, shift), so the list does not depend on thread count or binning.
+4. Two passes over atoms in ``numba.prange`` (count, then fill after a prefix sum): no races. The
+   count pass keeps the sort keys it finds (up to a capacity per atom estimated from the density), so
+   the fill pass only sorts and decodes them; atoms beyond the capacity visit their bins again.
+   Within an atom neighbours are sorted by (j, shift), so the list does not depend on thread count or
+   binning.
 
 For a candidate the inclusion test uses the exact reported vector
 ``positions[j] + n @ cell - positions[i]`` (n = t + w_i - w_j), so ``distance < cutoff`` holds for
@@ -122,15 +125,18 @@ def build_neighbour_list(positions, cell, pbc, species, cutoff_matrix) -> Neighb
         layout.periodic_cell, layout.atom_bin, bin_grid, bin_start, bin_atoms,
     )
     first = np.zeros(n_atoms + 1, dtype=np.int64)
-    no_pairs = _empty_neighbour_list(n_atoms)
-    _neighbour_pass(False, *args, first, *no_pairs[1:])  # neighbour counts into first[1:]
+    # One visit of the bins per atom: the count pass keeps up to `capacity` sort keys per atom (an
+    # estimate from the mean density); atoms with more neighbours are visited a second time.
+    capacity = _key_capacity(n_atoms, cell, pbc, layout, cutoff_max)
+    keys = np.empty((n_atoms, capacity), dtype=np.int64)
+    _neighbour_collect(*args, keys, first)
     np.cumsum(first, out=first)
     n_pairs = int(first[-1])
     index = np.empty(n_pairs, dtype=np.int64)
     shift = np.empty((n_pairs, 3), dtype=np.int64)
     vector = np.empty((n_pairs, 3), dtype=np.float64)
     distance = np.empty(n_pairs, dtype=np.float64)
-    _neighbour_pass(True, *args, first, index, shift, vector, distance)
+    _neighbour_pass(True, *args, keys, first, index, shift, vector, distance)
     return NeighbourList(first, index, shift, vector, distance)
 
 
@@ -341,6 +347,24 @@ def _bin_layout(positions, cell, pbc, cutoff_max) -> _BinLayout:
     )
 
 
+_KEY_CAPACITY_MAX = 4096
+
+
+def _key_capacity(n_atoms, cell, pbc, layout, cutoff_max) -> int:
+    """Keys kept per atom by the count pass: 1.5 times the mean neighbour count of the structure's
+    density (volume: the periodic cell, extended along non-periodic directions by the atoms' extent
+    plus the cut-off) plus 32; at most _KEY_CAPACITY_MAX."""
+    completed = _completed_cell(cell, pbc)
+    volume = abs(float(np.linalg.det(completed)))
+    for d in range(3):
+        if not pbc[d]:
+            extent = float(layout.bin_width * layout.grid[d])
+            volume *= extent + cutoff_max
+    sphere = 4.0 / 3.0 * math.pi * cutoff_max ** 3
+    estimate = 1.5 * n_atoms * sphere / volume if volume > 0.0 else float(_KEY_CAPACITY_MAX)
+    return int(min(_KEY_CAPACITY_MAX, estimate + 32.0)) if math.isfinite(estimate) else _KEY_CAPACITY_MAX
+
+
 # ----------------------------------------------------------------------------------------------
 # Numba kernels
 # ----------------------------------------------------------------------------------------------
@@ -396,7 +420,8 @@ def _visit_neighbours(
     periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, write, out_key,
 ):
     """Count the neighbours of atom i; if ``write``, also store their sort keys
-    (j, t0 + b0, t1 + b1, t2 + b2) as bit fields (b = bound on |t|) in out_key. Returns the count.
+    (j, t0 + b0, t1 + b1, t2 + b2) as bit fields (b = bound on |t|) in out_key (as many as fit:
+    only the first out_key.shape[0]). Returns the count.
 
     bin_grid (5, 3) int64 rows: bins per direction, bins searched on each side, 1 if periodic,
     bound on |lattice translation t| of a visited bin, bits of the sort key per direction.
@@ -454,7 +479,7 @@ def _visit_neighbours(
                     r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)[3]
                     if not r < cutoff_matrix[species_i, species[j]]:
                         continue
-                    if write:
+                    if write and count < out_key.shape[0]:
                         out_key[count] = (j << j_shift) | translation_code
                     count += 1
     return count
@@ -516,24 +541,22 @@ def _sort_keys_in_place(keys):
 
 @njit(cache=True)
 def _neighbours_of_atom(
-    i, fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, first, index, shift, vector, distance,
+    i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, kept_keys, first, index, shift, vector, distance,
 ):
-    """Count pass (fill False): first[i + 1] = number of neighbours of atom i.
-    Fill pass (fill True, first = CSR offsets): write the neighbours of atom i into
-    first[i]:first[i + 1], sorted by (j, shift)."""
-    if not fill:
-        first[i + 1] = _visit_neighbours(
-            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-            periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, fill, index,
-        )
-        return
+    """Write the neighbours of atom i into first[i]:first[i + 1] (CSR offsets), sorted by (j, shift),
+    from the sort keys kept by the count pass (kept_keys[i]) or, if they did not all fit, from a
+    second visit of the bins."""
     start = first[i]
-    keys = np.empty(first[i + 1] - start, dtype=np.int64)
-    _visit_neighbours(
-        i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-        periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, fill, keys,
-    )
+    count = first[i + 1] - start
+    if count <= kept_keys.shape[1]:
+        keys = kept_keys[i, :count]
+    else:
+        keys = np.empty(count, dtype=np.int64)
+        _visit_neighbours(
+            i, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+            periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, True, keys,
+        )
     _sort_keys_in_place(keys)
     shift_bound = bin_grid[3]
     key_bits = bin_grid[4]
@@ -563,18 +586,115 @@ def _neighbours_of_atom(
 
 
 @njit(cache=True, parallel=True)
-def _neighbour_pass(
-    fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
-    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, first, index, shift, vector, distance,
+def _neighbour_collect(
+    positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, kept_keys, first,
 ):
-    """One pass over all atoms in parallel (see :func:`_neighbours_of_atom`); atom i writes only
-    first[i + 1] or its own CSR slot, so there are no races. One kernel for both passes, so one
-    compilation."""
+    """Count pass over all atoms in parallel: first[i + 1] = number of neighbours of atom i, and the
+    first kept_keys.shape[1] of their sort keys in kept_keys[i] (atom i writes only its own slots)."""
     for i in prange(positions.shape[0]):
         # explicit int64: parfor lowering types the loop index as uint64, which would compile the
         # callee a second time
+        ii = np.int64(i)
+        first[ii + 1] = _visit_neighbours(
+            ii, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+            periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, True, kept_keys[ii],
+        )
+
+
+@njit(cache=True, parallel=True)
+def _neighbour_pass(
+    fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix, prefilter_squared,
+    periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, kept_keys, first, index, shift, vector, distance,
+):
+    """Fill pass over all atoms in parallel (see :func:`_neighbours_of_atom`); atom i writes only its
+    own CSR slot, so there are no races. ``fill`` is kept for the signature (always True)."""
+    for i in prange(positions.shape[0]):
         _neighbours_of_atom(
-            np.int64(i), fill, positions, wrap, wrapped_in_bin_order, species, cutoff_matrix,
-            prefilter_squared, periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms,
+            np.int64(i), positions, wrap, wrapped_in_bin_order, species, cutoff_matrix,
+            prefilter_squared, periodic_cell, atom_bin, bin_grid, bin_start, bin_atoms, kept_keys,
             first, index, shift, vector, distance,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reuse of a list built with a skin
+# ----------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def _refresh_select(positions, periodic_cell, species, cutoff_matrix, skin_first, skin_index, skin_shift,
+                    counts, index, shift, vector, distance):
+    """For every atom i (in parallel): recompute the vectors of its skin-list entries and write those
+    within the true cut-off, in order, to the start of its own skin-list slot skin_first[i]:... of the
+    output arrays; counts[i] = how many."""
+    for iu in prange(positions.shape[0]):
+        i = np.int64(iu)
+        species_i = species[i]
+        out = skin_first[i]
+        for p in range(skin_first[i], skin_first[i + 1]):
+            j = skin_index[p]
+            n0 = skin_shift[p, 0]
+            n1 = skin_shift[p, 1]
+            n2 = skin_shift[p, 2]
+            vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
+            if not r < cutoff_matrix[species_i, species[j]]:
+                continue
+            index[out] = j
+            shift[out, 0] = n0
+            shift[out, 1] = n1
+            shift[out, 2] = n2
+            vector[out, 0] = vx
+            vector[out, 1] = vy
+            vector[out, 2] = vz
+            distance[out] = r
+            out += 1
+        counts[i] = out - skin_first[i]
+
+
+@njit(cache=True, parallel=True)
+def _compact(skin_first, first, index, shift, vector, distance, out_index, out_shift, out_vector, out_distance):
+    """Copy the selected entries of every atom from its skin-list slot to its CSR slot."""
+    for iu in prange(first.shape[0] - 1):
+        i = np.int64(iu)
+        src = skin_first[i]
+        dst = first[i]
+        for k in range(first[i + 1] - dst):
+            out_index[dst + k] = index[src + k]
+            out_shift[dst + k, 0] = shift[src + k, 0]
+            out_shift[dst + k, 1] = shift[src + k, 1]
+            out_shift[dst + k, 2] = shift[src + k, 2]
+            out_vector[dst + k, 0] = vector[src + k, 0]
+            out_vector[dst + k, 1] = vector[src + k, 1]
+            out_vector[dst + k, 2] = vector[src + k, 2]
+            out_distance[dst + k] = distance[src + k]
+
+
+def refresh_neighbour_list(skin_list: NeighbourList, positions, cell, pbc, species, cutoff_matrix) -> NeighbourList:
+    """The neighbour list at new positions from a list built with larger cut-offs (cut-off + skin) at
+    earlier positions: the (i, j, shift) entries are kept, vectors and distances recomputed exactly as
+    :func:`build_neighbour_list` computes them, and only entries within ``cutoff_matrix`` are kept
+    (same order). The result equals a fresh list entry for entry and bit for bit, provided no pair
+    came from outside the skin list's cut-offs, i.e. every atom moved less than skin / 2 (the
+    caller's responsibility, see :class:`ace_uq_calc.evaluation.NeighbourListCache`), with the same
+    cell, pbc and species. Inputs must be contiguous float64 / int64 / bool arrays."""
+    n_atoms = positions.shape[0]
+    periodic_cell = np.ascontiguousarray(np.where(np.asarray(pbc, dtype=bool)[:, None], cell, 0.0))
+    n_skin = skin_list.index.shape[0]
+    index = np.empty(n_skin, dtype=np.int64)
+    shift = np.empty((n_skin, 3), dtype=np.int64)
+    vector = np.empty((n_skin, 3), dtype=np.float64)
+    distance = np.empty(n_skin, dtype=np.float64)
+    first = np.zeros(n_atoms + 1, dtype=np.int64)
+    if n_atoms:
+        _refresh_select(positions, periodic_cell, species, cutoff_matrix, skin_list.first, skin_list.index,
+                        skin_list.shift, first[1:], index, shift, vector, distance)
+    np.cumsum(first, out=first)
+    n_pairs = int(first[-1])
+    if n_pairs == n_skin:                  # nothing dropped: the selection is already compact
+        return NeighbourList(first, index, shift, vector, distance)
+    out = (np.empty(n_pairs, dtype=np.int64), np.empty((n_pairs, 3), dtype=np.int64),
+           np.empty((n_pairs, 3), dtype=np.float64), np.empty(n_pairs, dtype=np.float64))
+    if n_atoms:
+        _compact(skin_list.first, first, index, shift, vector, distance, *out)
+    return NeighbourList(first, *out)
