@@ -13,12 +13,25 @@ One-body reference energies E0 per element are extra, unregularised columns (or 
 isolated-atom structures when the data contain them). pacemaker's .yaml has no field for them: they
 are stored in the file's ``metadata`` as ``reference_energy_<El>`` (eV), which pacemaker ignores and
 :class:`~ace_uq_calc.ACECalculator` adds by default.
+
+Parallel assembly: structures are grouped into chunks of consecutive structures (at least
+:data:`CHUNK_ATOMS` atoms each); the normal equations of a chunk are summed in chunk order, so the result
+does not depend on how many processes computed them. With more than one CPU and enough work, chunks are
+computed by worker processes (``python -c ...`` children fed by pipes, one BLAS/Numba thread each), which
+avoids both the Numba kernels' GIL and multiprocessing's re-import of the caller's main script.
 """
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
 import sys
+import threading
 import time
+import traceback
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +46,17 @@ class FitWeights:
     energy: float = 1.0
     forces: float = 0.01
     stress: float = 0.01
+
+
+#: ridge strengths tried on the validation split: 1e-16 ... 1 in half decades (relative to the diagonal
+#: of the column-normalised normal equations)
+DEFAULT_LAMBDAS = tuple(10.0 ** np.arange(-16.0, 0.25, 0.5))
+
+#: consecutive structures are assembled in chunks of at least this many atoms
+CHUNK_ATOMS = 512
+
+#: below this much work (atoms x functions) the normal equations are assembled in this process
+PARALLEL_MIN_WORK = 3_000_000
 
 
 @dataclass
@@ -179,17 +203,224 @@ class _Progress:
         sys.stderr.flush()
 
 
-def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
-             progress: bool = False, label: str = "assembling") -> NormalEquations:
-    """Normal equations of ``frames`` (streamed one structure at a time)."""
-    ncols = int(basis.function_start[-1]) + basis.n_elements
-    eq = NormalEquations.empty(ncols)
-    bar = _Progress(len(frames), label, progress)
-    for k, atoms in enumerate(frames):
+def _chunks(frames) -> list:
+    """Consecutive index ranges [(start, stop), ...] of at least CHUNK_ATOMS atoms (the last may be smaller)."""
+    out, start, atoms = [], 0, 0
+    for k, a in enumerate(frames):
+        atoms += len(a)
+        if atoms >= CHUNK_ATOMS:
+            out.append((start, k + 1))
+            start, atoms = k + 1, 0
+    if start < len(frames):
+        out.append((start, len(frames)))
+    return out
+
+
+def _assemble_chunk(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict) -> NormalEquations:
+    eq = NormalEquations.empty(int(basis.function_start[-1]) + basis.n_elements)
+    for atoms in frames:
         rows, targets = structure_rows(basis, atoms, weights, norms, fixed_e0)
         eq.add(rows, targets)
-        bar.update(k + 1)
     return eq
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:     # not on Linux
+        return os.cpu_count() or 1
+
+
+def _resolve_workers(workers, frames, basis: ACEBasis, n_chunks: int) -> int:
+    """Number of processes to use: ``workers`` if given (env ACE_UQ_FIT_WORKERS otherwise), else all
+    available CPUs when the work is large enough; never more than the number of chunks."""
+    if workers is None:
+        env = os.environ.get("ACE_UQ_FIT_WORKERS")
+        if env:
+            workers = int(env)
+        else:
+            work = sum(len(a) for a in frames) * int(basis.function_start[-1])
+            workers = available_cpus() if work >= PARALLEL_MIN_WORK else 1
+    return max(1, min(int(workers), n_chunks))
+
+
+def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
+             progress: bool = False, label: str = "assembling", workers: int | None = None,
+             pool: "_AssemblyWorkers | None" = None) -> NormalEquations:
+    """Normal equations of ``frames`` (streamed in chunks of consecutive structures).
+
+    workers: processes to use (None: all CPUs for large problems, see :data:`PARALLEL_MIN_WORK`);
+    the result is the same (chunk sums added in chunk order) whatever the number of workers.
+    """
+    frames = list(frames)
+    chunks = _chunks(frames)
+    ncols = int(basis.function_start[-1]) + basis.n_elements
+    bar = _Progress(sum(len(a) for a in frames), label + " (atoms)", progress)
+    if pool is not None:
+        return pool.assemble(frames, chunks, bar)
+    n_workers = _resolve_workers(workers, frames, basis, len(chunks))
+    if n_workers > 1:
+        try:
+            own = _AssemblyWorkers(n_workers, basis, weights, norms, fixed_e0)
+        except _WorkerStartError as exc:
+            warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
+                          stacklevel=2)
+        else:
+            with own:
+                return own.assemble(frames, chunks, bar)
+    eq = NormalEquations.empty(ncols)
+    done = 0
+    for start, stop in chunks:
+        eq += _assemble_chunk(basis, frames[start:stop], weights, norms, fixed_e0)
+        done += sum(len(a) for a in frames[start:stop])
+        bar.update(done)
+    return eq
+
+
+class _WorkerStartError(RuntimeError):
+    pass
+
+
+_WORKER_COMMAND = "from ace_uq_calc.fitting.linear_fit import _worker_main; _worker_main()"
+_SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def _worker_main() -> None:
+    """Body of an assembly worker process: read (basis, weights, norms, fixed_e0), then chunks of
+    structures from stdin; write (key, "ok", NormalEquations) or (key, "error", traceback) to stdout."""
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)                       # anything else printed goes to stderr, not into the protocol
+    sys.stdout = sys.stderr
+    proto_in = sys.stdin.buffer
+    basis, weights, norms, fixed_e0 = pickle.load(proto_in)
+    _assemble_chunk(basis, [], weights, norms, fixed_e0)
+    pickle.dump("ready", proto_out)
+    proto_out.flush()
+    while True:
+        try:
+            message = pickle.load(proto_in)
+        except EOFError:
+            break
+        if message is None:
+            break
+        key, frames = message
+        try:
+            reply = (key, "ok", _assemble_chunk(basis, frames, weights, norms, fixed_e0))
+        except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+            reply = (key, "error", traceback.format_exc())
+        pickle.dump(reply, proto_out, protocol=pickle.HIGHEST_PROTOCOL)
+        proto_out.flush()
+
+
+class _AssemblyWorkers:
+    """``n`` worker processes that assemble chunks of structures (see :func:`_worker_main`)."""
+
+    def __init__(self, n: int, basis: ACEBasis, weights: FitWeights, norms: dict, fixed_e0: dict):
+        env = dict(os.environ)
+        env.update({name: "1" for name in _SINGLE_THREAD})
+        package_parent = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+        setup = pickle.dumps((basis, weights, norms, fixed_e0), protocol=pickle.HIGHEST_PROTOCOL)
+        self.procs = []
+        try:
+            for _ in range(n):
+                proc = subprocess.Popen([sys.executable, "-c", _WORKER_COMMAND], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+                self.procs.append(proc)
+                proc.stdin.write(setup)
+                proc.stdin.flush()
+            for proc in self.procs:
+                if pickle.load(proc.stdout) != "ready":
+                    raise OSError("unexpected reply")
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            self.close(kill=True)
+            raise _WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(kill=exc_type is not None)
+
+    def close(self, kill: bool = False) -> None:
+        for proc in self.procs:
+            try:
+                if not kill:
+                    pickle.dump(None, proc.stdin)
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            if kill:
+                proc.kill()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        self.procs = []
+
+    def assemble(self, frames, chunks, bar: "_Progress") -> NormalEquations:
+        """Normal equations of ``frames``: chunks dispatched to the workers as they become free,
+        results summed in chunk order."""
+        results: dict = {}
+        failure: list = []
+        cond = threading.Condition()
+        next_chunk = iter(range(len(chunks)))
+
+        def serve(proc):
+            try:
+                while True:
+                    with cond:
+                        if failure:
+                            return
+                        key = next(next_chunk, None)
+                    if key is None:
+                        return
+                    start, stop = chunks[key]
+                    pickle.dump((key, frames[start:stop]), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                    proc.stdin.flush()
+                    got, status, payload = pickle.load(proc.stdout)
+                    with cond:
+                        if status != "ok":
+                            failure.append(f"assembly worker failed on structures {start}-{stop - 1}:\n{payload}")
+                        else:
+                            results[got] = payload
+                        cond.notify_all()
+            except BaseException as exc:  # noqa: BLE001 - a dead worker (killed, out of memory, ...)
+                with cond:
+                    failure.append(f"assembly worker (pid {proc.pid}) stopped: {exc!r}")
+                    cond.notify_all()
+
+        threads = [threading.Thread(target=serve, args=(proc,), daemon=True) for proc in self.procs]
+        for t in threads:
+            t.start()
+        total = None
+        done_atoms = 0
+        for key in range(len(chunks)):
+            with cond:
+                while key not in results and not failure:
+                    cond.wait()
+                if failure:
+                    break
+                eq = results.pop(key)
+            if total is None:
+                total = eq
+            else:
+                total += eq
+            start, stop = chunks[key]
+            done_atoms += sum(len(a) for a in frames[start:stop])
+            bar.update(done_atoms)
+        if failure:
+            self.close(kill=True)
+            for t in threads:
+                t.join()
+            raise RuntimeError(failure[0])
+        for t in threads:
+            t.join()
+        return total
 
 
 def solve_ridge(eq: NormalEquations, lam: float, m: int) -> np.ndarray:
@@ -202,7 +433,15 @@ def solve_ridge(eq: NormalEquations, lam: float, m: int) -> np.ndarray:
     reg[:m] = lam
     # columns that never appear (no data) get a unit ridge so the system stays regular
     reg[np.diag(eq.ata) == 0] = 1.0
-    scaled = np.linalg.solve(ata + np.diag(reg), atb)
+    system = ata + np.diag(reg)
+    try:        # Cholesky (half the cost of LU); near-singular systems (tiny lam) fall back to LU
+        from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+        scaled = cho_solve(cho_factor(system, lower=False, check_finite=False), atb, check_finite=False)
+        if not np.all(np.isfinite(scaled)):
+            raise LinAlgError("non-finite solution")
+    except (LinAlgError, ValueError):
+        scaled = np.linalg.solve(system, atb)
     return scaled / d
 
 
@@ -220,12 +459,15 @@ class FitResult:
 
 def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, validation_fraction: float = 0.1,
                seed: int = 0, lambdas=None, reference_energies: dict | None = None,
-               progress: bool = False) -> FitResult:
+               progress: bool = False, workers: int | None = None) -> FitResult:
     """Fit the coefficients of a linear basis (one density, F = rho) to labelled ASE structures.
 
     frames: Atoms with energies (and forces, stress when present) attached as calculator results
     (e.g. from ``ase.io.read(extxyz, ":")``). reference_energies: E0 per element to use (eV); by default
     taken from isolated-atom structures in ``frames`` if present, otherwise fitted.
+    lambdas: ridge strengths to try on the validation split (default :data:`DEFAULT_LAMBDAS`).
+    workers: processes for the assembly (None: all available CPUs for large fits, or the environment
+    variable ACE_UQ_FIT_WORKERS; 1: this process only). The fit does not depend on it.
     Returns the potential with fitted coefficients and E0 in its metadata.
     """
     t0 = time.perf_counter()
@@ -246,11 +488,26 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     order = rng.permutation(len(frames))
     n_val = int(round(validation_fraction * len(frames))) if len(frames) >= 10 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
-    train_eq = assemble(basis, [frames[i] for i in train_idx], weights, norms, fixed, progress, "fit: assembling")
-    lambdas = list(lambdas) if lambdas is not None else list(10.0 ** np.arange(-12, 0.5, 1.0))
+    train_frames = [frames[i] for i in train_idx]
+    val_frames = [frames[i] for i in val_idx]
+    n_workers = _resolve_workers(workers, frames, basis, len(_chunks(train_frames)))
+    pool = None
+    if n_workers > 1:
+        try:
+            pool = _AssemblyWorkers(n_workers, basis, weights, norms, fixed)
+        except _WorkerStartError as exc:
+            warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
+                          stacklevel=2)
+    try:
+        train_eq = assemble(basis, train_frames, weights, norms, fixed, progress, "fit: assembling", pool=pool)
+        val_eq = (assemble(basis, val_frames, weights, norms, fixed, progress, "fit: validation", pool=pool)
+                  if n_val else None)
+    finally:
+        if pool is not None:
+            pool.close()
+    lambdas = list(lambdas) if lambdas is not None else list(DEFAULT_LAMBDAS)
     curve = []
     if n_val:
-        val_eq = assemble(basis, [frames[i] for i in val_idx], weights, norms, fixed, progress, "fit: validation")
         for lam in lambdas:
             coef = solve_ridge(train_eq, lam, m)
             curve.append((lam, val_eq.sse(coef)))

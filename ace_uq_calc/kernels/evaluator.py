@@ -5,22 +5,31 @@ potential by :func:`kernel_layout` from :class:`ace_uq_calc.potential.basis.ACEB
 module for the index conventions) plus a CSR neighbour list. Units: Angstrom, eV, eV/Angstrom.
 
 Per atom i the kernel
-1. evaluates, for every neighbour, one row of the radial table of the bond (g_k, R_nl, phi_core and,
-   with forces, their r-derivatives; the row is stored coefficient-major so that all columns are
-   interpolated by contiguous, vectorisable loops), keeps these values, and accumulates A1 (rank 1),
-   the half A-basis (m >= 0, real and imaginary parts in separate arrays) and rho_core; the
-   spherical harmonics are formed on the fly in real arithmetic and not stored;
-2. forms the products of the B-functions over a prefix tree ("trie") of the A-factors: every
+1. groups the neighbours by species and evaluates, for every neighbour, one row of the radial table of
+   the bond (g_k, R_nl, phi_core and, with forces, their r-derivatives; rows are stored
+   coefficient-major so that the columns are interpolated by contiguous loops) into
+   structure-of-arrays storage ``[column, neighbour]``, and the Legendre factors Q_l^m(z), the powers
+   (x + iy)^m and the spherical harmonics in real arithmetic (real and imaginary parts apart);
+2. accumulates A1 (rank 1) and the half A-basis (m >= 0) as dot products over the neighbours of each
+   species (vectorised by LLVM), and rho_core;
+3. forms the products of the B-functions over a prefix tree ("trie") of the A-factors: every
    m-combination is a product of A's with its factors sorted, combinations (of all functions of the
    element) sharing a sorted prefix share the partial product, so each tree node costs one complex
-   multiplication; then B_f (the linear projections), the densities rho_p and the atomic energy;
-3. (forces) runs one reverse pass over the tree (two complex multiplications per node) giving dE/dA,
-   folds it onto m >= 0, and for every neighbour contracts it with the radial values/derivatives and
-   the harmonics and their gradients (recomputed from the bond direction, cheaper than storing them)
-   into the pair gradient f_ij = dE_i/dr_ij, written to the pair's own slot (no races).
+   multiplication (2 633 nodes instead of 7 419 factor products for Cu_fs500); then B_f (the linear
+   projections), the densities rho_p and the atomic energy;
+4. (forces) runs one reverse pass over the tree (two complex multiplications per node) giving dE/dA,
+   folds it onto m >= 0 and contracts it, vectorised over the neighbours, with the radial values and
+   derivatives and with the harmonics' gradients (formed from Q_l^m, Q_l^{m+1} and (x + iy)^m, not
+   stored) into the pair gradient f_ij = dE_i/dr_ij, written to the pair's own slot (no races).
+
+Loops meant to be vectorised run from index 0 over 1-d slices: Numba's handling of possibly
+negative indices otherwise keeps LLVM from vectorising them. ``fastmath`` is limited to FMA
+contraction (no reassociation, NaN/inf semantics kept). Rounding differs from a straightforward
+evaluation order by a few ulp; results agree with pacemaker's to the 1e-10 level of the tests.
 
 Threads: ``prange`` over contiguous chunks of atoms; every chunk allocates its scratch arrays once
-and reuses them for all its atoms.
+and reuses them for all its atoms. Each atom is computed the same way whatever the chunking, so
+results do not depend on the number of threads.
 """
 from __future__ import annotations
 
