@@ -196,7 +196,7 @@ class NeighbourListCache:
         self.skin = skin
         self.builds = 0          # lists built (for tests and diagnostics)
         self.reuses = 0          # calls served by refreshing a kept list
-        self._state = None       # (positions, cell, pbc, species, cutoff matrix id, skin list)
+        self._state = None       # (positions, cell, pbc, species, skin list, basis) of the last build
 
     def clear(self):
         self._state = None
@@ -217,7 +217,10 @@ class NeighbourListCache:
         if self.skin <= 0.0:
             return build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
         self._state = None
-        skin_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix + self.skin)
+        try:
+            skin_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix + self.skin)
+        except ValueError:      # e.g. a cell too small for cut-off + skin only: the exact list decides
+            return build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
         self._state = (positions.copy(), cell.copy(), pbc.copy(), species.copy(), skin_list, basis)
         return refresh_neighbour_list(skin_list, positions, cell, pbc, species, basis.cutoff_matrix)
 

@@ -2,8 +2,8 @@
 
     python examples/quickstart.py
 
-The bundled model is a small linear ACE for Cu fitted to ASE's EMT (a toy reference, for
-demonstrations only), with its active set. gamma <= 1: the model interpolates; 1-2: safe
+The bundled model is a small linear ACE for Cu fitted to the Zuo et al. (2020) Cu DFT data
+(scripts/make_example_model.py; small, for demonstrations), with its active set. gamma <= 1: the model interpolates; 1-2: safe
 extrapolation; above ~10 its predictions should not be trusted (docs/monitor.md).
 """
 import numpy as np

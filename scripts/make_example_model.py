@@ -1,84 +1,73 @@
 """Generate the bundled example model ``ace_uq_calc/data/Cu_example.yaml`` and its ``.asi``.
 
-PLACEHOLDER until the fitting issue lands: a small linear ACE for Cu fitted by ridge least
-squares to per-atom energies of ASE's EMT potential (a toy reference, not DFT) on rattled and
-strained fcc cells at several temperatures. It is for demonstrations only; do not use it for science.
+A small linear ACE for Cu (cut-off 5 A, about 150 functions) fitted with this package's default
+recipe (:func:`ace_uq_calc.fitting.recipe.fit`, only the basis is smaller) to the Cu training set of
+Zuo et al., J. Phys. Chem. A 124, 731 (2020) (VASP PBE; BSD-3-Clause, see ../shared/data/README.md),
+with the active set built from the same training structures. Small so that ``ace-uq demo`` stays quick
+(Numba compilation included); the default recipe (docs/fitting.md) is more accurate.
 
-Run from the project root:  python scripts/make_example_model.py
+Run from the project root:  python scripts/make_example_model.py [--data DIR]
+(DIR defaults to ../shared/data next to the project).
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-import numpy as np
-from ase.build import bulk, fcc100, fcc111
-from ase.calculators.emt import EMT
+import ase.io
 
-from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
+from ace_uq_calc import ACECalculator
+from ace_uq_calc.fitting.metrics import error_table
+from ace_uq_calc.fitting.recipe import fit
 from ace_uq_calc.potential.basis import build_basis
 from ace_uq_calc.potential.yaml_format import write_potential_file
-from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
-from ace_uq_calc.uncertainty.projections import structure_projections
+from ace_uq_calc.uncertainty.build import build_active_set
 
-OUT = Path(__file__).resolve().parent.parent / "ace_uq_calc" / "data"
-
-
-def training_structures(seed=0):
-    rng = np.random.default_rng(seed)
-    frames = []
-    for a in np.linspace(3.45, 3.80, 8):
-        for amplitude in (0.0, 0.05, 0.1, 0.15, 0.2):
-            atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 2, 2))
-            strain = np.eye(3) + rng.normal(scale=0.01, size=(3, 3))
-            atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-            atoms.positions += rng.normal(scale=amplitude, size=atoms.positions.shape)
-            frames.append(atoms)
-    for k in range(12):   # vacancies and (100)/(111) surfaces, rattled
-        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
-        del atoms[int(rng.integers(len(atoms)))]
-        atoms.rattle(0.1, seed=k)
-        frames.append(atoms)
-        slab = fcc111("Cu", size=(2, 2, 4), vacuum=5.0, a=3.61) if k % 2 else fcc100("Cu", size=(2, 2, 4), vacuum=5.0)
-        slab.rattle(0.1, seed=100 + k)
-        frames.append(slab)
-    return frames
+PROJECT = Path(__file__).resolve().parent.parent
+OUT = PROJECT / "ace_uq_calc" / "data"
+CUTOFF = 5.0          # Angstrom
+FUNCTIONS = 160       # at most this many functions before pruning (ladder entry n <= 8/4/3/2, l <= 0/3/2/1)
 
 
-def main():
-    pot = new_potential(["Cu"], BasisLimits(nradmax_by_rank=(8, 4, 3, 2), lmax_by_rank=(0, 3, 2, 1)), rcut=5.0)
-    pot = prune_dependent_functions(pot)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(PROJECT.parent / "shared" / "data"),
+                        help="data folder holding zuo2020/Cu_train.xyz and Cu_test.xyz")
+    args = parser.parse_args(argv)
+    data = Path(args.data) / "zuo2020"
+    train = ase.io.read(data / "Cu_train.xyz", index=":")
+    test = ase.io.read(data / "Cu_test.xyz", index=":")
+
+    result = fit(train, cutoff=CUTOFF, functions=FUNCTIONS)
+    basis = build_basis(result.potential)
+    calc = ACECalculator(basis)
+    train_err = error_table([calc], train)["all"]
+    test_err = error_table([calc], test)["all"]
+    n = basis.nfunc["Cu"]
+    print(f"{n} functions, cut-off {CUTOFF} A, fitted on {len(train)} structures in {result.fit_time:.1f} s "
+          f"(ridge {result.regularisation:.1e})")
+    for label, err in (("train", train_err), ("test", test_err)):
+        print(f"  {label}: E MAE {err['E_mae']:.3f} meV/atom (RMSE {err['E_rmse']:.3f}), "
+              f"F MAE {err['F_mae']:.4f} eV/A (RMSE {err['F_rmse']:.4f})")
+
+    pot = result.potential
     pot.metadata = {
-        "comment": "ace_uq_calc EXAMPLE model (placeholder): linear ACE fitted to ASE EMT Cu per-atom energies, "
-                   "not to DFT; for demonstrations only",
+        "comment": (f"ace_uq_calc EXAMPLE model: linear ACE for Cu ({n} functions, cut-off {CUTOFF} A) fitted to "
+                    f"the Zuo et al. 2020 Cu DFT training data (VASP PBE; mlearn/ACEData, BSD-3-Clause); "
+                    f"test MAE {test_err['E_mae']:.2f} meV/atom, {test_err['F_mae']:.4f} eV/A "
+                    f"(RMSE {test_err['E_rmse']:.2f} meV/atom, {test_err['F_rmse']:.4f} eV/A) on the Zuo Cu test set. "
+                    f"Small, for demonstrations; trained on fcc bulk, AIMD, vacancies and surfaces only"),
         "generated_by": "scripts/make_example_model.py",
+        **{k: v for k, v in pot.metadata.items() if k not in ("comment", "generated_by")},
     }
-    basis = build_basis(pot)
-    frames = training_structures()
-    xs, ys = [], []
-    for atoms in frames:
-        atoms.calc = EMT()
-        energies = atoms.get_potential_energies()
-        _, x = structure_projections(basis, atoms)
-        xs.append(x)
-        ys.append(energies)
-    X = np.concatenate(xs)
-    y = np.concatenate(ys)
-    scale = np.abs(X).max(axis=0) + 1e-12
-    Xs = X / scale
-    lam = 1e-6 * len(y)
-    coef = np.linalg.solve(Xs.T @ Xs + lam * np.eye(Xs.shape[1]), Xs.T @ y) / scale
-    rmse = np.sqrt(np.mean((X @ coef - y) ** 2))
-    print(f"{basis.nfunc['Cu']} functions, {len(y)} training atoms, per-atom energy RMSE {1000 * rmse:.2f} meV")
-    ordered = basis.ordered_functions["Cu"]
-    for spec, c in zip(ordered, coef):
-        spec.coefficients = np.array([c])
     OUT.mkdir(exist_ok=True)
     write_potential_file(pot, OUT / "Cu_example.yaml")
-    basis = build_basis(pot)
-    active = build_active_set_from_projections({"Cu": X}, tolerance=1.001)
+    active = build_active_set(build_basis(pot), train)
     active.save(OUT / "Cu_example.asi")
-    print(f"wrote {OUT / 'Cu_example.yaml'} and .asi (condition number {active.condition_numbers['Cu']:.3g})")
+    print(f"wrote {OUT / 'Cu_example.yaml'} and Cu_example.asi "
+          f"(active set condition number {active.condition_numbers['Cu']:.3g})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -75,7 +75,19 @@ def test_skin_gives_the_results_of_fresh_lists_along_md(alni):
     assert atoms.calc.neighbour_cache.builds == steps + 1
 
 
-def test_refreshed_list_equals_fresh_list_bit_for_bit(alni):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_refreshed_list_equals_fresh_list_bit_for_bit(alni, threads):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two Numba threads")
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)             # one thread: the serial refresh; more: the parallel one
+    try:
+        _check_refreshed_list(alni)
+    finally:
+        numba.set_num_threads(before)
+
+
+def _check_refreshed_list(alni):
     basis, _ = alni
     atoms = _alni_structure((3, 2, 2), seed=3)
     species = basis.species_of(atoms.get_chemical_symbols())

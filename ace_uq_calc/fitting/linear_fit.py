@@ -10,7 +10,9 @@ Loss (each term averaged over its own rows, so the weights are relative importan
 Energies in eV, forces eV/A, stress eV/A^3.
 
 One-body reference energies E0 per element are extra, unregularised columns (or fixed from
-isolated-atom structures when the data contain them). pacemaker's .yaml has no field for them: they
+isolated-atom structures when the data contain them), fitted as corrections to a least-squares fit of
+the total energies on the compositions alone (which keeps the normal equations well conditioned when
+the energies are large, e.g. all-electron totals). pacemaker's .yaml has no field for them: they
 are stored in the file's ``metadata`` as ``reference_energy_<El>`` (eV), which pacemaker ignores and
 :class:`~ace_uq_calc.ACECalculator` adds by default.
 
@@ -132,8 +134,13 @@ def _reference(atoms):
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
-def structure_rows(basis: ACEBasis, atoms, weights: FitWeights, norms: dict, fixed_e0: dict):
-    """Weighted design rows and targets of one structure (energy, forces, stress)."""
+def structure_rows(basis: ACEBasis, atoms, weights: FitWeights, norms: dict, fixed_e0: dict,
+                   e0_offset: dict | None = None):
+    """Weighted design rows and targets of one structure (energy, forces, stress).
+
+    fixed_e0: reference energies that are not fitted (their columns are zero, the energy moves to the
+    target); e0_offset: energies subtracted from the target while their E0 columns stay free (the
+    fitted column is then a correction to the offset)."""
     m = int(basis.function_start[-1])
     S = basis.n_elements
     energy, forces, stress = _reference(atoms)
@@ -150,6 +157,8 @@ def structure_rows(basis: ACEBasis, atoms, weights: FitWeights, norms: dict, fix
         if el in fixed_e0:
             target -= counts[e] * fixed_e0[el]
             e_row[m + e] = 0.0
+        elif e0_offset and el in e0_offset:
+            target -= counts[e] * e0_offset[el]
     w = np.sqrt(weights.energy / norms["energy"]) / n
     rows.append(w * e_row[None, :])
     targets.append(np.array([w * target]))
@@ -216,10 +225,11 @@ def _chunks(frames) -> list:
     return out
 
 
-def _assemble_chunk(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict) -> NormalEquations:
+def _assemble_chunk(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
+                    e0_offset: dict | None = None) -> NormalEquations:
     eq = NormalEquations.empty(int(basis.function_start[-1]) + basis.n_elements)
     for atoms in frames:
-        rows, targets = structure_rows(basis, atoms, weights, norms, fixed_e0)
+        rows, targets = structure_rows(basis, atoms, weights, norms, fixed_e0, e0_offset)
         eq.add(rows, targets)
     return eq
 
@@ -246,7 +256,7 @@ def _resolve_workers(workers, frames, basis: ACEBasis, n_chunks: int) -> int:
 
 def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
              progress: bool = False, label: str = "assembling", workers: int | None = None,
-             pool: "_AssemblyWorkers | None" = None) -> NormalEquations:
+             pool: "_AssemblyWorkers | None" = None, e0_offset: dict | None = None) -> NormalEquations:
     """Normal equations of ``frames`` (streamed in chunks of consecutive structures).
 
     workers: processes to use (None: all CPUs for large problems, see :data:`PARALLEL_MIN_WORK`);
@@ -261,7 +271,7 @@ def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0
     n_workers = _resolve_workers(workers, frames, basis, len(chunks))
     if n_workers > 1:
         try:
-            own = _AssemblyWorkers(n_workers, basis, weights, norms, fixed_e0)
+            own = _AssemblyWorkers(n_workers, basis, weights, norms, fixed_e0, e0_offset)
         except _WorkerStartError as exc:
             warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
                           stacklevel=2)
@@ -271,7 +281,7 @@ def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0
     eq = NormalEquations.empty(ncols)
     done = 0
     for start, stop in chunks:
-        eq += _assemble_chunk(basis, frames[start:stop], weights, norms, fixed_e0)
+        eq += _assemble_chunk(basis, frames[start:stop], weights, norms, fixed_e0, e0_offset)
         done += sum(len(a) for a in frames[start:stop])
         bar.update(done)
     return eq
@@ -286,14 +296,14 @@ _SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", 
 
 
 def _worker_main() -> None:
-    """Body of an assembly worker process: read (basis, weights, norms, fixed_e0), then chunks of
+    """Body of an assembly worker process: read (basis, weights, norms, fixed_e0, e0_offset), then chunks of
     structures from stdin; write (key, "ok", NormalEquations) or (key, "error", traceback) to stdout."""
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                       # anything else printed goes to stderr, not into the protocol
     sys.stdout = sys.stderr
     proto_in = sys.stdin.buffer
-    basis, weights, norms, fixed_e0 = pickle.load(proto_in)
-    _assemble_chunk(basis, [], weights, norms, fixed_e0)
+    basis, weights, norms, fixed_e0, e0_offset = pickle.load(proto_in)
+    _assemble_chunk(basis, [], weights, norms, fixed_e0, e0_offset)
     pickle.dump("ready", proto_out)
     proto_out.flush()
     while True:
@@ -305,7 +315,7 @@ def _worker_main() -> None:
             break
         key, frames = message
         try:
-            reply = (key, "ok", _assemble_chunk(basis, frames, weights, norms, fixed_e0))
+            reply = (key, "ok", _assemble_chunk(basis, frames, weights, norms, fixed_e0, e0_offset))
         except BaseException:  # noqa: BLE001 - reported to the parent, which raises
             reply = (key, "error", traceback.format_exc())
         pickle.dump(reply, proto_out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -315,12 +325,13 @@ def _worker_main() -> None:
 class _AssemblyWorkers:
     """``n`` worker processes that assemble chunks of structures (see :func:`_worker_main`)."""
 
-    def __init__(self, n: int, basis: ACEBasis, weights: FitWeights, norms: dict, fixed_e0: dict):
+    def __init__(self, n: int, basis: ACEBasis, weights: FitWeights, norms: dict, fixed_e0: dict,
+                 e0_offset: dict | None = None):
         env = dict(os.environ)
         env.update({name: "1" for name in _SINGLE_THREAD})
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
-        setup = pickle.dumps((basis, weights, norms, fixed_e0), protocol=pickle.HIGHEST_PROTOCOL)
+        setup = pickle.dumps((basis, weights, norms, fixed_e0, e0_offset), protocol=pickle.HIGHEST_PROTOCOL)
         self.procs = []
         try:
             for _ in range(n):
@@ -423,13 +434,13 @@ class _AssemblyWorkers:
         return total
 
 
-def solve_ridge(eq: NormalEquations, lam: float, m: int) -> np.ndarray:
+def solve_ridge(eq: NormalEquations, lam: float, m: int, e0_ridge: float = 0.0) -> np.ndarray:
     """Minimise ||A c - b||^2 + lam * ||D c_ACE||^2, D = sqrt(diag(A^T A)) of the ACE columns
-    (a scale-free ridge; the E0 columns are not penalised)."""
+    (a scale-free ridge; the E0 columns are penalised only by ``e0_ridge``, default 0)."""
     d = np.sqrt(np.maximum(np.diag(eq.ata), 1e-300))
     ata = eq.ata / np.outer(d, d)
     atb = eq.atb / d
-    reg = np.zeros(len(d))
+    reg = np.full(len(d), float(e0_ridge))
     reg[:m] = lam
     # columns that never appear (no data) get a unit ridge so the system stays regular
     reg[np.diag(eq.ata) == 0] = 1.0
@@ -441,8 +452,39 @@ def solve_ridge(eq: NormalEquations, lam: float, m: int) -> np.ndarray:
         if not np.all(np.isfinite(scaled)):
             raise LinAlgError("non-finite solution")
     except (LinAlgError, ValueError):
-        scaled = np.linalg.solve(system, atb)
+        try:
+            scaled = np.linalg.solve(system, atb)
+        except np.linalg.LinAlgError:      # exactly singular (lam = 0 with dependent columns)
+            scaled = np.linalg.lstsq(system, atb, rcond=None)[0]
     return scaled / d
+
+
+#: ridge on the (scaled) E0 columns when the training compositions do not determine them all
+DEGENERATE_E0_RIDGE = 1e-8
+
+
+def composition_offsets(frames, elements, fixed_e0: dict):
+    """Least-squares E0 per free element from the total energies and compositions alone
+    (minimum-norm when the compositions do not determine them), and the free elements whose E0 the
+    compositions leave undetermined (empty list when they are all determined)."""
+    free = [el for el in elements if el not in fixed_e0]
+    if not free:
+        return {}, []
+    counts, energies = [], []
+    for atoms in frames:
+        if not _has_energy(atoms):
+            continue
+        symbols = atoms.get_chemical_symbols()
+        energies.append(atoms.get_potential_energy() - sum(fixed_e0.get(s, 0.0) for s in symbols))
+        counts.append([symbols.count(el) for el in free])
+    C = np.array(counts, dtype=float).reshape(-1, len(free))
+    if C.size == 0:
+        return {el: 0.0 for el in free}, []
+    offset = np.linalg.lstsq(C, np.array(energies), rcond=None)[0]
+    present = C.any(axis=0)
+    rank = np.linalg.matrix_rank(C[:, present]) if present.any() else 0
+    undetermined = [el for el, p in zip(free, present) if p] if rank < present.sum() else []
+    return {el: float(v) for el, v in zip(free, offset)}, undetermined
 
 
 @dataclass
@@ -455,6 +497,9 @@ class FitResult:
     fit_time: float = 0.0
     n_train: int = 0
     n_validation: int = 0
+    #: energies subtracted per atom of each element before assembling (composition-only fit); the E0
+    #: columns of the normal equations are corrections to these (reference_energies include them)
+    e0_offset: dict = field(default_factory=dict)
 
 
 def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, validation_fraction: float = 0.1,
@@ -482,6 +527,17 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     if not frames:
         raise ValueError("no training structures")
     fixed = dict(reference_energies) if reference_energies else isolated_atom_energies(frames, basis)
+    # centre the energies on a composition-only fit (better conditioned normal equations); the E0
+    # columns then fit the corrections. If the compositions cannot separate the E0 of some elements
+    # (e.g. every structure is AB), a tiny ridge on the E0 columns picks the minimum-norm split.
+    offset, undetermined = composition_offsets(frames, basis.elements, fixed)
+    e0_ridge = DEGENERATE_E0_RIDGE if undetermined else 0.0
+    if undetermined:
+        warnings.warn(f"the compositions of the training structures do not determine the reference energies of "
+                      f"{', '.join(undetermined)} separately (only combinations of them); they are split by a "
+                      f"minimum-norm rule. Energies of other compositions are then not meaningful: add structures "
+                      f"of other compositions or isolated atoms, or pass reference_energies.", RuntimeWarning,
+                      stacklevel=2)
     m = int(basis.function_start[-1])
     norms = _norms(frames, weights)
     rng = np.random.default_rng(seed)
@@ -494,14 +550,15 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     pool = None
     if n_workers > 1:
         try:
-            pool = _AssemblyWorkers(n_workers, basis, weights, norms, fixed)
+            pool = _AssemblyWorkers(n_workers, basis, weights, norms, fixed, offset)
         except _WorkerStartError as exc:
             warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
                           stacklevel=2)
     try:
-        train_eq = assemble(basis, train_frames, weights, norms, fixed, progress, "fit: assembling", pool=pool)
-        val_eq = (assemble(basis, val_frames, weights, norms, fixed, progress, "fit: validation", pool=pool)
-                  if n_val else None)
+        train_eq = assemble(basis, train_frames, weights, norms, fixed, progress, "fit: assembling", pool=pool,
+                            e0_offset=offset)
+        val_eq = (assemble(basis, val_frames, weights, norms, fixed, progress, "fit: validation", pool=pool,
+                           e0_offset=offset) if n_val else None)
     finally:
         if pool is not None:
             pool.close()
@@ -509,14 +566,14 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     curve = []
     if n_val:
         for lam in lambdas:
-            coef = solve_ridge(train_eq, lam, m)
+            coef = solve_ridge(train_eq, lam, m, e0_ridge)
             curve.append((lam, val_eq.sse(coef)))
         best = min(curve, key=lambda item: item[1])[0]
         train_eq += val_eq
     else:
         best = 1e-8
-    coef = solve_ridge(train_eq, best, m)
-    e0 = {el: float(coef[m + e]) for e, el in enumerate(basis.elements)}
+    coef = solve_ridge(train_eq, best, m, e0_ridge)
+    e0 = {el: float(coef[m + e]) + offset.get(el, 0.0) for e, el in enumerate(basis.elements)}
     e0.update(fixed)
     pot = basis.potential
     new_functions = {}
@@ -537,4 +594,4 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
                            metadata=metadata, source=pot.source)
     return FitResult(potential=fitted, coefficients=coef[:m], reference_energies=e0, regularisation=best,
                      validation_curve=curve, fit_time=time.perf_counter() - t0,
-                     n_train=len(train_idx), n_validation=n_val)
+                     n_train=len(train_idx), n_validation=n_val, e0_offset=dict(offset))

@@ -50,7 +50,8 @@ from .radial import quintic_switch_scalar
 
 class KernelLayout(NamedTuple):
     """Arrays derived from an ACEBasis for :func:`evaluate_atoms` (C-contiguous float64 / int64; the
-    indices into the node and A arrays are uint64, which spares Numba's negative-index test).
+    tree, contribution and rank-1 index arrays are uint64, which spares Numba's negative-index test
+    on every access in the product stage).
 
     table           (S*S, rows, 4, ncol) radial table, coefficient-major per row
     lm_l, lm_m      (nlm,) l and m of stored harmonic index lm = l (l + 1) / 2 + m
@@ -193,12 +194,12 @@ def kernel_layout(basis) -> KernelLayout:
         harmonic_norm=np.ascontiguousarray(basis.harmonic_norm, dtype=np.float64),
         rec_a=rec_a, rec_b=rec_b, diag=diag,
         node_start=i64(node_start), node_parent=u64(node_parent), node_factor=u64(node_factor),
-        function_contrib=i64(function_contrib), contrib_node=u64(contrib_node),
+        function_contrib=u64(function_contrib), contrib_node=u64(contrib_node),
         contrib_coef=np.ascontiguousarray(np.asarray(contrib_coef, dtype=np.float64)),
-        ncontrib_start=i64(ncontrib_start), ncontrib_node=u64(ncontrib_node), ncontrib_func=i64(ncontrib_func),
+        ncontrib_start=u64(ncontrib_start), ncontrib_node=u64(ncontrib_node), ncontrib_func=u64(ncontrib_func),
         ncontrib_coef=np.ascontiguousarray(np.asarray(ncontrib_coef, dtype=np.float64)),
-        factor_ptr=i64(factor_ptr), factor_nodes=u64(factor_nodes),
-        rank1_start=i64(rank1_start), rank1_func=i64(rank1_func), rank1_index=i64(rank1_index),
+        factor_ptr=u64(factor_ptr), factor_nodes=u64(factor_nodes),
+        rank1_start=u64(rank1_start), rank1_func=u64(rank1_func), rank1_index=u64(rank1_index),
         max_nodes=max_nodes,
     )
 

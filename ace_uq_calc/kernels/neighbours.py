@@ -29,6 +29,7 @@ every reported entry by construction.
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -670,6 +671,35 @@ def _compact(skin_first, first, index, shift, vector, distance, out_index, out_s
             out_distance[dst + k] = distance[src + k]
 
 
+@njit(cache=True)
+def _refresh_serial(positions, periodic_cell, species, cutoff_matrix, skin_first, skin_index, skin_shift,
+                    first, index, shift, vector, distance):
+    """One thread: the selection of :func:`_refresh_select` written compactly in one pass."""
+    out = 0
+    first[0] = 0
+    for i in range(positions.shape[0]):
+        species_i = species[i]
+        for p in range(skin_first[i], skin_first[i + 1]):
+            j = skin_index[p]
+            n0 = skin_shift[p, 0]
+            n1 = skin_shift[p, 1]
+            n2 = skin_shift[p, 2]
+            vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
+            if not r < cutoff_matrix[species_i, species[j]]:
+                continue
+            index[out] = j
+            shift[out, 0] = n0
+            shift[out, 1] = n1
+            shift[out, 2] = n2
+            vector[out, 0] = vx
+            vector[out, 1] = vy
+            vector[out, 2] = vz
+            distance[out] = r
+            out += 1
+        first[i + 1] = out
+    return out
+
+
 def refresh_neighbour_list(skin_list: NeighbourList, positions, cell, pbc, species, cutoff_matrix) -> NeighbourList:
     """The neighbour list at new positions from a list built with larger cut-offs (cut-off + skin) at
     earlier positions: the (i, j, shift) entries are kept, vectors and distances recomputed exactly as
@@ -686,6 +716,10 @@ def refresh_neighbour_list(skin_list: NeighbourList, positions, cell, pbc, speci
     vector = np.empty((n_skin, 3), dtype=np.float64)
     distance = np.empty(n_skin, dtype=np.float64)
     first = np.zeros(n_atoms + 1, dtype=np.int64)
+    if n_atoms and numba.get_num_threads() == 1:
+        n_pairs = _refresh_serial(positions, periodic_cell, species, cutoff_matrix, skin_list.first,
+                                  skin_list.index, skin_list.shift, first, index, shift, vector, distance)
+        return NeighbourList(first, index[:n_pairs], shift[:n_pairs], vector[:n_pairs], distance[:n_pairs])
     if n_atoms:
         _refresh_select(positions, periodic_cell, species, cutoff_matrix, skin_list.first, skin_list.index,
                         skin_list.shift, first[1:], index, shift, vector, distance)
