@@ -47,17 +47,27 @@ class ACECalculator(Calculator):
         cut-off + skin and reused, with vectors recomputed from the current positions and filtered by
         the true cut-off, until an atom has moved more than skin / 2 or the cell, pbc or atoms change.
         Results are identical to rebuilding every call; see ``evaluation.NeighbourListCache``.
+    error_calibration : path or ErrorCalibration, optional
+        A map from an uncertainty measure (gamma, gamma_local or forces_dev) to the expected force error
+        (``ace_uq_calc.uncertainty.calibration``, fitted on validation data, e.g. by ``ace-uq uq-report``);
+        adds ``forces_error_estimate`` (N,) in eV/A. The measure must be computed by this calculator.
     """
 
     implemented_properties = [
         "energy", "free_energy", "forces", "stress", "energies",
-        "gamma", "max_gamma", "neighbour_count",
+        "gamma", "max_gamma", "neighbour_count", "forces_error_estimate",
     ]
     default_parameters: dict = {}
 
     def __init__(self, potential, active_set=None, compute_gamma: bool = True, reference_energies: bool = True,
-                 num_threads: int | None = None, skin: float = DEFAULT_SKIN, **kwargs):
+                 num_threads: int | None = None, skin: float = DEFAULT_SKIN, error_calibration=None, **kwargs):
         super().__init__(**kwargs)
+        if error_calibration is not None:
+            from .uncertainty.calibration import ErrorCalibration
+
+            if not isinstance(error_calibration, ErrorCalibration):
+                error_calibration = ErrorCalibration.load(error_calibration)
+        self.error_calibration = error_calibration
         if num_threads is not None:
             if isinstance(num_threads, bool) or int(num_threads) != num_threads or not (
                     1 <= int(num_threads) <= numba.config.NUMBA_NUM_THREADS):
@@ -175,6 +185,19 @@ class ACECalculator(Calculator):
             gamma = self._gamma(species, result)
             self.results["gamma"] = gamma
             self.results["max_gamma"] = float(gamma.max()) if len(gamma) else 0.0
+        # (keep this step last: it maps a per-atom uncertainty computed above to an expected error)
+        if self.error_calibration is not None:
+            self._estimate_errors(properties)
+
+    def _estimate_errors(self, properties) -> None:
+        measure = self.error_calibration.measure
+        if measure not in self.results:
+            if "forces_error_estimate" in properties:
+                raise PropertyNotImplementedError(
+                    f"forces_error_estimate: the error calibration maps {measure!r}, which this calculator "
+                    f"does not compute (give it the matching active set, local active set or ensemble)")
+            return
+        self.results["forces_error_estimate"] = self.error_calibration.predict(self.results[measure])
 
     def _gamma(self, species, result) -> np.ndarray:
         """gamma_i = max_j |x_i @ ASI[:, j]| per element, in a Numba kernel (no BLAS threads)."""

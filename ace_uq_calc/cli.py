@@ -7,6 +7,7 @@ Sub-commands:
   activeset   build a pacemaker ``.asi`` active set from training structures
   md          molecular dynamics watched by an UncertaintyMonitor (flag extrapolative frames, halt)
   relax       structure (and cell) relaxation watched by an UncertaintyMonitor
+  uq-report   ranking, calibration and novelty detection of the uncertainties on labelled data
 """
 from __future__ import annotations
 
@@ -472,6 +473,80 @@ def _add_fit_parsers(sub):
     p.set_defaults(func=_cmd_eval)
 
 
+def _cmd_uq_report(args):
+    import ase.io
+
+    from .calculator import ACECalculator
+    from .report.collect import collect
+    from .report.uq_report import write_report
+
+    options = {"num_threads": args.num_threads}
+    if args.active_set:
+        options["active_set"] = args.active_set
+    if args.local_active_set:
+        options["local_active_set"] = args.local_active_set
+    potential = args.potential if len(args.potential) > 1 else args.potential[0]
+    calc = ACECalculator(potential, **options)
+
+    def read(paths):
+        return [a for path in paths for a in ase.io.read(path, index=":")]
+
+    def progress(label):
+        if args.quiet:
+            return None
+        return lambda done, total: print(f"\r{label}: {done}/{total} structures", end="" if done < total else "\n",
+                                         file=sys.stderr, flush=True)
+
+    test = collect(calc, read(args.test), progress("test"))
+    if not test.measures:
+        print("ace-uq uq-report: note: no uncertainty measure available (give --active-set, --local-active-set "
+              "or several potentials for an ensemble); only errors are reported", file=sys.stderr)
+    novel = {}
+    for path in args.novel or []:
+        label = os.path.splitext(os.path.basename(path))[0]
+        novel[label] = collect(calc, read([path]), progress(label))
+    os.makedirs(args.output, exist_ok=True)
+    setup = {"potential": args.potential, "active_set": args.active_set, "local_active_set": args.local_active_set,
+             "test": args.test, "novel": args.novel}
+    if args.calibrate:
+        from .uncertainty.calibration import fit_error_calibration
+
+        source = collect(calc, read(args.validation), progress("validation")) if args.validation else test
+        if args.calibrate not in source.measures:
+            raise ValueError(f"--calibrate {args.calibrate}: the calculator does not provide this measure")
+        calibration = fit_error_calibration(source.measures[args.calibrate], source.force_error, args.calibrate,
+                                            info={"fitted_on": args.validation or args.test})
+        path = os.path.join(args.output, "error_calibration.json")
+        calibration.save(path)
+        setup["error_calibration"] = path
+        if not args.validation:
+            print("ace-uq uq-report: note: the error calibration was fitted on the test set itself (give "
+                  "--validation for an independent fit)", file=sys.stderr)
+    result = write_report(args.output, test, novel, extra=setup)
+    for label, nv in result["novel"].items():
+        aucs = ", ".join(f"{k} {v['auc_atom']:.3f}" for k, v in nv["measures"].items())
+        print(f"{label}: per-atom ROC-AUC {aucs or '-'}")
+    print(f"wrote {os.path.join(args.output, 'report.md')}")
+    return 0
+
+
+def _add_uq_report_parser(sub):
+    p = sub.add_parser("uq-report", help="how well the uncertainties rank, calibrate and detect novel structures")
+    p.add_argument("--potential", nargs="+", required=True,
+                   help="potential .yaml (several: an ensemble, mean and spread)")
+    p.add_argument("--active-set", default=None, help="pacemaker .asi (gamma)")
+    p.add_argument("--local-active-set", default=None, help="local active-set file (gamma_local)")
+    p.add_argument("--test", nargs="+", required=True, help="in-domain labelled test structures")
+    p.add_argument("--novel", nargs="*", default=None, help="labelled structures of families absent from training")
+    p.add_argument("--calibrate", choices=["gamma", "gamma_local", "forces_dev"], default=None,
+                   help="fit a map from this measure to the expected force error (error_calibration.json)")
+    p.add_argument("--validation", nargs="*", default=None, help="labelled structures to fit the calibration on")
+    p.add_argument("-o", "--output", required=True, help="output directory (report.md, metrics.json, PNG plots)")
+    p.add_argument("--quiet", action="store_true")
+    _add_threads_option(p)
+    p.set_defaults(func=_cmd_uq_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ace-uq", description="ACE potentials with uncertainty for ASE")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -507,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_activeset)
 
     _add_md_relax_parsers(sub)
+    _add_uq_report_parser(sub)
     return parser
 
 
