@@ -36,6 +36,15 @@ UNITS = {"gamma": "", "gamma_local": "", "forces_dev": "eV/A"}
 MIN_STRUCTURE_ATOMS = 20
 
 
+def thresholds_of(name: str):
+    """(flag, halt) thresholds of a measure; variants named ``gamma...`` use gamma's."""
+    if name in THRESHOLDS:
+        return THRESHOLDS[name]
+    if name.startswith("gamma"):
+        return THRESHOLDS["gamma"]
+    return (None, None)
+
+
 def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
@@ -59,7 +68,7 @@ def test_metrics(table: AtomTable) -> dict:
             "p99": float(np.quantile(values, 0.99)) if len(values) else None,
             "error_by_bin": m.error_by_bin(values, table.force_error, m.log_bins(values, per_decade=2)),
         }
-        flag, halt = THRESHOLDS.get(name, (None, None))
+        flag, halt = thresholds_of(name)
         if flag is not None:
             entry["false_alarm_atoms_flag"] = m.flagged_fraction(values, flag)
             entry["false_alarm_atoms_halt"] = m.flagged_fraction(values, halt)
@@ -90,7 +99,7 @@ def novelty_metrics(test: AtomTable, novel: AtomTable) -> dict:
         entry = {"auc_atom": m.roc_auc(ref, values),
                  "spearman_atom": _finite(m.spearman(values, novel.force_error)),
                  "median": float(np.median(values))}
-        flag, halt = THRESHOLDS.get(name, (None, None))
+        flag, halt = thresholds_of(name)
         if flag is not None:
             entry["detect_atoms_flag"] = m.flagged_fraction(values, flag)
             entry["detect_atoms_halt"] = m.flagged_fraction(values, halt)
@@ -104,6 +113,13 @@ def novelty_metrics(test: AtomTable, novel: AtomTable) -> dict:
             if flag is not None:
                 entry["detect_structures_flag"] = m.flagged_fraction(s_novel, flag)
         out["measures"][name] = entry
+    if novel.forces_std is not None and novel.n_atoms:
+        out["ensemble_calibration"] = {
+            "coverage": {str(k): v for k, v in m.gaussian_coverage(novel.force_error_components, novel.forces_std).items()},
+            "miscalibration_area": m.miscalibration_area(novel.force_error_components, novel.forces_std),
+            "rms_error_over_rms_std": float(np.sqrt(np.mean(novel.force_error_components ** 2))
+                                            / max(np.sqrt(np.mean(novel.forces_std ** 2)), 1e-300)),
+        }
     return out
 
 
@@ -214,7 +230,7 @@ def write_plots(directory, test: AtomTable, novel: dict | None = None) -> list:
             if name in table.measures:
                 u = np.maximum(table.measures[name], 1e-6)
                 ax.loglog(u, np.maximum(table.force_error, 1e-5), ".", ms=2, alpha=0.4, label=label)
-        for thr in THRESHOLDS.get(name, ()):
+        for thr in [t for t in thresholds_of(name) if t is not None]:
             ax.axvline(thr, color="k", lw=0.6, ls="--")
         ax.set_xlabel(f"{name} {UNITS.get(name, '')}".strip())
         ax.set_ylabel("force error ||F - F_DFT|| (eV/A)")
