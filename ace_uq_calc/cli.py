@@ -172,6 +172,11 @@ def _monitored_calculator(args):
         kwargs["ensemble"] = args.ensemble
     if measure.name == "gamma" and args.active_set is None:
         raise ValueError("--measure gamma needs --active-set POT.asi (build one with 'ace-uq activeset')")
+    if getattr(args, "error_calibration", None):
+        kwargs["error_calibration"] = args.error_calibration
+    elif measure.name == "forces_error_estimate":
+        raise ValueError(f"--measure {args.measure} needs --error-calibration FILE (a map from gamma, gamma_local or "
+                         f"forces_dev to the expected force error; make one with 'ace-uq uq-report --calibrate')")
     calc = ACECalculator(args.potential, active_set=args.active_set, num_threads=args.num_threads, **kwargs)
     if measure.key not in calc.implemented_properties:
         raise ValueError(f"--measure {args.measure} is not supported yet: ACECalculator does not provide "
@@ -367,6 +372,8 @@ def _add_monitor_options(p, default_outdir: str) -> None:
                    help="A: write flagged atoms and their neighbours as free clusters to flagged.xyz")
     p.add_argument("--ensemble", nargs="+", default=None, metavar="POT2.yaml",
                    help="further models for ensemble measures (not supported yet)")
+    p.add_argument("--error-calibration", default=None, metavar="FILE",
+                   help="error-calibration file (ace-uq uq-report --calibrate): adds forces_error_estimate")
     p.add_argument("--interval", type=int, default=10, help="steps between trajectory frames")
     p.add_argument("-o", "--output-dir", default=default_outdir,
                    help="trajectory.xyz, flagged.xyz, final.xyz, summary.json go here")
@@ -433,6 +440,10 @@ def _cmd_fit(args):
         active = build_active_set(basis, train, progress=not args.quiet)
         active.save(args.active_set)
         print(f"wrote active set {args.active_set}")
+    if args.ensemble:
+        from .ensemble_evaluation import print_ensemble_fit
+
+        print_ensemble_fit(args, basis, result, train, weights)
     return 0
 
 
@@ -442,9 +453,17 @@ def _cmd_eval(args):
     from .calculator import ACECalculator
     from .fitting.metrics import error_table, format_table
 
-    calcs = [ACECalculator(path) for path in args.potentials]
+    from .ensemble_evaluation import ensemble_spread_lines, ensemble_members
+
     frames = ase.io.read(args.data, index=":")
-    label = "mean of %d potentials" % len(calcs) if len(calcs) > 1 else args.potentials[0]
+    if ensemble_members(args.potentials if len(args.potentials) > 1 else args.potentials[0]) is not None:
+        calc = ACECalculator(args.potentials if len(args.potentials) > 1 else args.potentials[0])
+        label = f"mean of an ensemble of {calc.ensemble.size} potentials"
+        print(format_table(error_table([calc], frames), f"{label} on {args.data}"))
+        print("\n".join(ensemble_spread_lines(calc, frames)))
+        return 0
+    calcs = [ACECalculator(path) for path in args.potentials]
+    label = args.potentials[0]
     print(format_table(error_table(calcs, frames), f"{label} on {args.data}"))
     return 0
 
@@ -464,6 +483,12 @@ def _add_fit_parsers(sub):
     p.add_argument("--core-repulsion", action="store_true", help="exponential core repulsion below 1.5 A")
     p.add_argument("--active-set", default=None, help="also build the .asi active set from the training data")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--ensemble", type=int, default=None, metavar="K",
+                   help="also write K ensemble members: OUT.ensemble/member_NN.yaml and the ensemble file "
+                        "OUT.ensemble/ensemble.yaml (docs/ensembles.md)")
+    p.add_argument("--ensemble-method", choices=("posterior", "bootstrap"), default="posterior",
+                   help="posterior: samples of the ridge fit's coefficient posterior (default, nearly free); "
+                        "bootstrap: refits on resampled structures")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_fit)
 

@@ -100,7 +100,7 @@ def test_relax_fire_without_cell(model, structure, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--measure", "forces_dev"], "not supported yet"),
-    (["--measure", "error"], "not supported yet"),
+    (["--measure", "error"], "needs --error-calibration FILE"),
     (["--ensemble", "other.yaml"], "--ensemble is not supported yet"),
 ])
 def test_unsupported_measures_give_clear_errors(model, structure, tmp_path, capsys, extra, message):
@@ -124,3 +124,34 @@ def test_existing_subcommands_are_intact():
     for argv in (["demo"], ["info", "p.yaml"], ["evaluate", "p.yaml", "s.xyz"],
                  ["activeset", "p.yaml", "t.xyz", "-o", "p.asi"]):
         assert parser.parse_args(argv).command == argv[0]
+
+
+def test_md_halts_on_the_calibrated_error_estimate(model, structure, tmp_path):
+    """--measure error with --error-calibration: the monitor watches forces_error_estimate (eV/A), the
+    calibrated map of gamma; a halt threshold below the map's value at the crystal's gamma stops at step 0."""
+    import numpy as np
+
+    from ace_uq_calc.uncertainty.calibration import fit_error_calibration
+
+    pot, asi = model
+    rng = np.random.default_rng(0)
+    u = 10 ** rng.uniform(-1, 1, 500)
+    cal = fit_error_calibration(u, 0.05 * u, "gamma")            # expected error 0.05 eV/A at gamma = 1
+    cal_path = tmp_path / "cal.json"
+    cal.save(cal_path)
+    out = tmp_path / "md"
+    rc = main(["md", pot, "--active-set", asi, "--structure", structure, "--temperature", "300",
+               "--steps", "10", "--timestep", "2", "--measure", "error", "--error-calibration", str(cal_path),
+               "--halt", "0.001", "--thermostat", "nve", "-o", str(out), "--quiet"])
+    assert rc == EXIT_HALTED
+    summary = read_summary(out)
+    assert summary["halted"] and summary["steps_run"] == 0
+    frame = ase.io.read(out / "trajectory.xyz", index=0)
+    estimate = frame.arrays["forces_error_estimate"]
+    from ace_uq_calc import ACECalculator
+
+    check = frame.copy()
+    check.calc = ACECalculator(pot, active_set=asi)
+    check.get_forces()
+    assert np.allclose(estimate, cal.predict(check.calc.results["gamma"]), rtol=1e-6)
+    assert estimate.max() > 0.001
