@@ -17,6 +17,7 @@ from .evaluation import NeighbourListCache, _Threads, evaluate, kernel_threads
 from .kernels.gamma import extrapolation_grades
 from .potential.basis import ACEBasis, load_basis
 from .potential.yaml_format import reference_energies_of
+from .uncertainty.ensemble import ENSEMBLE_PROPERTIES
 
 #: Default neighbour-list skin in Angstrom (see ACECalculator).
 DEFAULT_SKIN = 0.5
@@ -47,21 +48,42 @@ class ACECalculator(Calculator):
         cut-off + skin and reused, with vectors recomputed from the current positions and filtered by
         the true cut-off, until an atom has moved more than skin / 2 or the cell, pbc or atoms change.
         Results are identical to rebuilding every call; see ``evaluation.NeighbourListCache``.
+    ensemble : list of potentials, optional
+        Further members of an ensemble (after ``potential``). ``potential`` itself may also be a list of
+        potentials or an ensemble file (``ace_uq_calc.ensemble_evaluation``). An ensemble calculator
+        returns the members' mean energy, forces, stress, energies and their spreads ``energy_std``,
+        ``energies_std`` (N), ``forces_std`` (N, 3), ``stress_std`` (6) and ``forces_dev`` (N), eV and
+        eV/A (docs/ensembles.md); members sharing one basis are evaluated in one descriptor pass. Its
+        active set (gamma) applies to the first member.
     error_calibration : path or ErrorCalibration, optional
         A map from an uncertainty measure (gamma, gamma_local or forces_dev) to the expected force error
         (``ace_uq_calc.uncertainty.calibration``, fitted on validation data, e.g. by ``ace-uq uq-report``);
         adds ``forces_error_estimate`` (N,) in eV/A. The measure must be computed by this calculator.
+    local_active_set : path or LocalActiveSet, optional
+        Per-cluster active sets (``ace-uq activeset --local``, ``ace_uq_calc.uncertainty.local``); adds
+        ``gamma_local`` (N,) = min over clusters of the cluster grade, ``gamma_cluster`` (N,) = the cluster
+        attaining it, and ``max_gamma_local``. Shares the descriptor pass with ``gamma`` (not with ensembles).
     """
 
     implemented_properties = [
         "energy", "free_energy", "forces", "stress", "energies",
         "gamma", "max_gamma", "neighbour_count", "forces_error_estimate",
+        "gamma_local", "gamma_cluster", "max_gamma_local",
     ]
     default_parameters: dict = {}
 
     def __init__(self, potential, active_set=None, compute_gamma: bool = True, reference_energies: bool = True,
-                 num_threads: int | None = None, skin: float = DEFAULT_SKIN, error_calibration=None, **kwargs):
+                 num_threads: int | None = None, skin: float = DEFAULT_SKIN, error_calibration=None,
+                 ensemble=None, local_active_set=None, **kwargs):
         super().__init__(**kwargs)
+        from .ensemble_evaluation import EnsembleModel, ensemble_members
+
+        members = ensemble_members(potential, ensemble)
+        self.ensemble = None        # EnsembleModel of an ensemble calculator
+        if members is not None:
+            self.ensemble = EnsembleModel(members, reference_energies=reference_energies, skin=skin)
+            potential = self.ensemble.bases[0]
+            self.implemented_properties = list(type(self).implemented_properties) + ENSEMBLE_PROPERTIES
         if error_calibration is not None:
             from .uncertainty.calibration import ErrorCalibration
 
@@ -101,6 +123,11 @@ class ACECalculator(Calculator):
             for el in self.basis.elements:
                 if el in self.active_set.inverse:
                     self._inverse[el] = np.ascontiguousarray(self.active_set.inverse[el], dtype=np.float64)
+        self.local_active_set = None
+        if local_active_set is not None:
+            from .uncertainty.local import prepare_local_active_set
+
+            self.local_active_set = prepare_local_active_set(local_active_set, self.basis, self.ensemble)
 
     @property
     def skin(self) -> float:
@@ -153,14 +180,27 @@ class ACECalculator(Calculator):
                 "gamma needs an active set: ACECalculator(potential, active_set='potential.asi')"
             )
         species = self._species(atoms)
+        if self.ensemble is not None:
+            from .ensemble_evaluation import ensemble_results
+
+            self.results.update(ensemble_results(self, atoms, species, properties, wants_gamma))
+            if self.error_calibration is not None:
+                self._estimate_errors(properties)
+            return
+        wanted = [p for p in properties if p in ENSEMBLE_PROPERTIES]
+        if wanted:
+            raise PropertyNotImplementedError(
+                f"{', '.join(wanted)} need an ensemble: ACECalculator([pot1.yaml, pot2.yaml, ...]) "
+                "(or an ensemble file, see docs/ensembles.md)")
         cell = atoms.cell.array
         pbc = atoms.pbc
         nonlinear = bool(wants_gamma and self.active_set is not None and self.active_set.nonlinear)
+        local = self.local_active_set if self.compute_gamma else None
         result = evaluate(
             self.basis, atoms.positions, cell, pbc, species,
             forces=True,
-            projections=bool(wants_gamma and not nonlinear),
-            nonlinear=nonlinear,
+            projections=bool(wants_gamma and not nonlinear) or bool(local is not None and not local.nonlinear),
+            nonlinear=nonlinear or bool(local is not None and local.nonlinear),
             neighbour_cache=self.neighbour_cache,
             num_threads=self.num_threads,
         )
@@ -185,6 +225,13 @@ class ACECalculator(Calculator):
             gamma = self._gamma(species, result)
             self.results["gamma"] = gamma
             self.results["max_gamma"] = float(gamma.max()) if len(gamma) else 0.0
+        if local is not None:
+            from .uncertainty.local import local_results
+
+            self.results.update(local_results(local, self.basis, species, result, self.num_threads))
+        elif {"gamma_local", "gamma_cluster", "max_gamma_local"} & set(properties):
+            raise PropertyNotImplementedError(
+                "gamma_local needs a local active set: ACECalculator(potential, local_active_set='pot.lasi')")
         # (keep this step last: it maps a per-atom uncertainty computed above to an expected error)
         if self.error_calibration is not None:
             self._estimate_errors(properties)

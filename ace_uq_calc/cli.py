@@ -43,7 +43,8 @@ def _cmd_evaluate(args):
     from .calculator import ACECalculator
     from .io import write_frames
 
-    calc = ACECalculator(args.potential, active_set=args.active_set, num_threads=args.num_threads)
+    calc = ACECalculator(args.potential, active_set=args.active_set, num_threads=args.num_threads,
+                         local_active_set=args.local_active_set)
     frames = ase.io.read(args.structures, index=":")
     out = []
     for atoms in frames:
@@ -54,10 +55,16 @@ def _cmd_evaluate(args):
         if calc.active_set is not None:
             atoms.arrays["gamma"] = calc.results["gamma"].copy()
             atoms.info["max_gamma"] = calc.results["max_gamma"]
+        if calc.local_active_set is not None:
+            atoms.arrays["gamma_local"] = calc.results["gamma_local"].copy()
+            atoms.arrays["gamma_cluster"] = calc.results["gamma_cluster"].copy()
+            atoms.info["max_gamma_local"] = calc.results["max_gamma_local"]
         out.append(atoms)
         line = f"{len(atoms):6d} atoms  E = {energy:.6f} eV"
         if calc.active_set is not None:
             line += f"  max gamma = {calc.results['max_gamma']:.3f}"
+        if calc.local_active_set is not None:
+            line += f"  max gamma_local = {calc.results['max_gamma_local']:.3f}"
         print(line)
     if args.output:
         for atoms in out:
@@ -70,6 +77,11 @@ def _cmd_evaluate(args):
 
 def _cmd_activeset(args):
     from .uncertainty.build import build_active_set_from_files
+
+    if args.local or args.clusters is not None or args.cluster_by is not None:
+        from .uncertainty.local import run_activeset_local_command
+
+        return run_activeset_local_command(args)
 
     t0 = time.perf_counter()
     active_set = build_active_set_from_files(
@@ -172,6 +184,11 @@ def _monitored_calculator(args):
         kwargs["ensemble"] = args.ensemble
     if measure.name == "gamma" and args.active_set is None:
         raise ValueError("--measure gamma needs --active-set POT.asi (build one with 'ace-uq activeset')")
+    if getattr(args, "local_active_set", None):
+        kwargs["local_active_set"] = args.local_active_set
+    elif measure.name == "gamma_local":
+        raise ValueError("--measure gamma_local needs --local-active-set FILE (build one with "
+                         "'ace-uq activeset POT.yaml TRAIN.xyz --local -o FILE')")
     if getattr(args, "error_calibration", None):
         kwargs["error_calibration"] = args.error_calibration
     elif measure.name == "forces_error_estimate":
@@ -355,6 +372,7 @@ def _add_monitor_options(p, default_outdir: str) -> None:
 
     p.add_argument("potential", help="pacemaker .yaml potential")
     p.add_argument("--active-set", default=None, help="pacemaker .asi active set (needed for gamma)")
+    p.add_argument("--local-active-set", default=None, help="local active set (needed for gamma_local)")
     _add_threads_option(p)
     p.add_argument("--structure", required=True, help="starting structure (any ASE format; last frame)")
     p.add_argument("--measure", default="gamma", choices=sorted(MEASURES) + sorted(ALIASES),
@@ -371,7 +389,7 @@ def _add_monitor_options(p, default_outdir: str) -> None:
     p.add_argument("--cluster-cutoff", type=float, default=None,
                    help="A: write flagged atoms and their neighbours as free clusters to flagged.xyz")
     p.add_argument("--ensemble", nargs="+", default=None, metavar="POT2.yaml",
-                   help="further models for ensemble measures (not supported yet)")
+                   help="further models: evaluate an ensemble (mean forces drive the dynamics; measure forces_dev)")
     p.add_argument("--error-calibration", default=None, metavar="FILE",
                    help="error-calibration file (ace-uq uq-report --calibrate): adds forces_error_estimate")
     p.add_argument("--interval", type=int, default=10, help="steps between trajectory frames")
@@ -590,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("potential")
     p.add_argument("structures")
     p.add_argument("--active-set", default=None)
+    p.add_argument("--local-active-set", default=None, help="local active set (ace-uq activeset --local): gamma_local")
     p.add_argument("-o", "--output", default=None, help="extended XYZ with results in arrays/info")
     _add_threads_option(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -604,6 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20000, help="atoms per projection batch")
     p.add_argument("--tolerance", type=float, default=1.001, help="MaxVol tolerance (pacemaker: 1.001)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--local", action="store_true",
+                   help="build a local active set (one per cluster of environments; docs/local-d-optimality.md)")
+    p.add_argument("--clusters", default=None, metavar="K",
+                   help="--local: number of k-means clusters, or 'auto' (the default)")
+    p.add_argument("--cluster-by", default=None, metavar="KEY",
+                   help="--local: partition by the label atoms.info[KEY] (e.g. config_type) instead of k-means")
+    p.add_argument("--seed", type=int, default=0, help="--local: k-means seed")
     p.set_defaults(func=_cmd_activeset)
 
     _add_md_relax_parsers(sub)

@@ -132,13 +132,13 @@ register_measure(Measure(
 register_measure(Measure(
     "gamma_local", "gamma_local", "", 2.0, 10.0,
     "local (per-environment) variant of the extrapolation grade, same scale as gamma",
-    "a later ACECalculator version (not yet available)",
+    "ACECalculator(potential, local_active_set='potential.lasi')",
 ))
 register_measure(Measure(
     "forces_dev", "forces_dev", "eV/Å", 0.1, 0.5,
-    "per-atom standard deviation of the force over an ensemble of models, "
-    "sqrt(<|F_i^k - <F_i>|^2>_k)",
-    "an ensemble calculator (not yet available)",
+    "per-atom deviation of the forces over an ensemble of models, "
+    "max_k |F_i^k - <F_i>_k|",
+    "an ensemble calculator: ACECalculator([pot1, pot2, ...]) or ace-uq md/relax --ensemble POT2.yaml ...",
 ))
 register_measure(Measure(
     "forces_error_estimate", "forces_error_estimate", "eV/Å", 0.1, 0.5,

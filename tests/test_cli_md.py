@@ -101,7 +101,7 @@ def test_relax_fire_without_cell(model, structure, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--measure", "forces_dev"], "not supported yet"),
     (["--measure", "error"], "needs --error-calibration FILE"),
-    (["--ensemble", "other.yaml"], "--ensemble is not supported yet"),
+    (["--ensemble", "other.yaml"], "other.yaml: cannot read potential file"),
 ])
 def test_unsupported_measures_give_clear_errors(model, structure, tmp_path, capsys, extra, message):
     pot, asi = model

@@ -500,6 +500,11 @@ class FitResult:
     #: energies subtracted per atom of each element before assembling (composition-only fit); the E0
     #: columns of the normal equations are corrections to these (reference_energies include them)
     e0_offset: dict = field(default_factory=dict)
+    #: the final (training + validation) normal equations, for posterior ensembles
+    normal_equations: NormalEquations | None = None
+    #: ridge on the E0 columns used in the final solve; E0 fixed by isolated atoms (not fitted)
+    e0_ridge: float = 0.0
+    fixed_e0: dict = field(default_factory=dict)
 
 
 def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, validation_fraction: float = 0.1,
@@ -573,6 +578,19 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     else:
         best = 1e-8
     coef = solve_ridge(train_eq, best, m, e0_ridge)
+    fitted, e0 = fitted_potential(basis, coef, offset, fixed)
+    return FitResult(potential=fitted, coefficients=coef[:m], reference_energies=e0, regularisation=best,
+                     validation_curve=curve, fit_time=time.perf_counter() - t0,
+                     n_train=len(train_idx), n_validation=n_val, e0_offset=dict(offset),
+                     normal_equations=train_eq, e0_ridge=e0_ridge, fixed_e0=dict(fixed))
+
+
+def fitted_potential(basis: ACEBasis, coef: np.ndarray, offset: dict, fixed: dict):
+    """The potential of ``basis`` with the linear coefficients ``coef`` (m ACE columns then one E0 column
+    per element, as solved from the normal equations) and its reference energies (metadata
+    ``reference_energy_<El>``: fitted E0 column + composition offset, or the fixed value).
+    Returns (PotentialFile, {element: E0 in eV})."""
+    m = int(basis.function_start[-1])
     e0 = {el: float(coef[m + e]) + offset.get(el, 0.0) for e, el in enumerate(basis.elements)}
     e0.update(fixed)
     pot = basis.potential
@@ -592,6 +610,4 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     fitted = PotentialFile(elements=list(pot.elements), delta_spline_bins=pot.delta_spline_bins,
                            embeddings=pot.embeddings, bonds=pot.bonds, functions=new_functions,
                            metadata=metadata, source=pot.source)
-    return FitResult(potential=fitted, coefficients=coef[:m], reference_energies=e0, regularisation=best,
-                     validation_curve=curve, fit_time=time.perf_counter() - t0,
-                     n_train=len(train_idx), n_validation=n_val, e0_offset=dict(offset))
+    return fitted, e0

@@ -20,36 +20,51 @@ def ensemble_statistics(energies, forces, stresses=None) -> dict:
     energies = np.asarray(energies, dtype=float)
     forces = np.asarray(forces, dtype=float)
     total = energies.sum(axis=1)
-    mean_forces = forces.mean(axis=0)
+    mean_forces = _mean(forces)
     out = {
-        "energy": float(total.mean()),
-        "energy_std": float(total.std()),
-        "energies": energies.mean(axis=0),
-        "energies_std": energies.std(axis=0),
+        "energy": float(_mean(total)),
+        "energy_std": float(_std(total)),
+        "energies": _mean(energies),
+        "energies_std": _std(energies),
         "forces": mean_forces,
-        "forces_std": forces.std(axis=0),
+        "forces_std": _std(forces),
         "forces_dev": (np.linalg.norm(forces - mean_forces[None], axis=2).max(axis=0)
                        if forces.shape[1] else np.zeros(0)),
     }
     if stresses is not None:
         stresses = np.asarray(stresses, dtype=float)
-        out["stress"] = stresses.mean(axis=0)
-        out["stress_std"] = stresses.std(axis=0)
+        out["stress"] = _mean(stresses)
+        out["stress_std"] = _std(stresses)
     return out
 
 
+def _mean(values: np.ndarray) -> np.ndarray:
+    """Mean over the members (axis 0); exactly the common value where all members agree (a sum of K
+    equal numbers divided by K can differ from the number by one rounding when K is not a power of 2)."""
+    mean = values.mean(axis=0)
+    if values.shape[0]:
+        mean = np.where(np.all(values == values[0], axis=0), values[0], mean)
+    return mean
+
+
+def _std(values: np.ndarray) -> np.ndarray:
+    """Standard deviation over the members (ddof = 0) about :func:`_mean` (exactly 0 where all agree)."""
+    return np.sqrt(np.mean((values - _mean(values)[None]) ** 2, axis=0))
+
+
 def posterior_samples(ata: np.ndarray, atb: np.ndarray, btb: float, rows: int, lam: float, m: int,
-                      count: int, seed: int = 0) -> np.ndarray:
+                      count: int, seed: int = 0, e0_ridge: float = 0.0) -> np.ndarray:
     """Coefficient vectors drawn from the Gaussian posterior of a ridge fit.
 
     With the scale-free ridge of :func:`ace_uq_calc.fitting.linear_fit.solve_ridge` (prior precision
     lam on the column-normalised ACE coefficients), the posterior is N(c_hat, s^2 H^-1) where
     H = A^T A + lam D^2 and s^2 = SSE / (rows - m) is the noise variance estimated from the residuals.
-    Returns (count, m + n_extra) samples (E0 columns included).
+    Returns (count, m + n_extra) samples (E0 columns included). ``e0_ridge``: the ridge on the
+    columns after the first m (the E0 columns), as in ``solve_ridge``.
     """
     d = np.sqrt(np.maximum(np.diag(ata), 1e-300))
     scaled = ata / np.outer(d, d)
-    reg = np.zeros(len(d))
+    reg = np.full(len(d), float(e0_ridge))
     reg[:m] = lam
     reg[np.diag(ata) == 0] = 1.0
     hessian = scaled + np.diag(reg)
