@@ -16,7 +16,7 @@ numpy.random.default_rng(2025).permutation(n), the first round(0.1 n) structures
   W_period-defect, W_sphere, W_non-elastic.
 For each regime and each model size: a linear ACE fitted on the training split only (the default
 recipe at cut-off 5 A with a small and a larger basis), an ensemble of K members sampled from the
-posterior of that fit, the global active set (MaxVol) of the training atoms, the local active sets
+bootstrap of its training structures (K refits, shared basis), the global active set (MaxVol) of the training atoms, the local active sets
 (clustering-enhanced local D-optimality, ace_uq_calc.uncertainty.local, seeds 0-4) and the plain
 k-means baseline (K = 15 on standardised projections, seeds 0-4). Uncertainties: ensemble forces_dev
 (max_k ||F_k - F_mean||, eV/A), gamma, gamma_local. Metrics (ace_uq_calc.report): per-atom force error
@@ -83,18 +83,27 @@ def fitted_model(train, tag: str, functions: int, ensemble: int, work: str) -> d
     if os.path.exists(info_path):
         with open(info_path) as fh:
             return json.load(fh)
+    from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
+    from ace_uq_calc.fitting.recipe import DEFAULT_WEIGHTS
+    from ace_uq_calc.potential.basis import build_basis
+
     t0 = time.perf_counter()
-    result = fit(train, cutoff=CUTOFF, functions=functions, ensemble=ensemble)
+    result = fit(train, cutoff=CUTOFF, functions=functions)
     fit_time = time.perf_counter() - t0
     write_potential_file(result.potential, base + ".yaml")
-    members = []
-    for k, member in enumerate(result.ensemble):
+    t0 = time.perf_counter()
+    members = ensemble_potentials(build_basis(result.potential), result, "bootstrap", ensemble, frames=train,
+                                  weights=DEFAULT_WEIGHTS, seed=0)
+    ensemble_time = time.perf_counter() - t0
+    paths = []
+    for k, member in enumerate(members):
         path = f"{base}.member{k:02d}.yaml"
         write_potential_file(member, path)
-        members.append(path)
+        paths.append(path)
+    members = paths
     from ace_uq_calc.potential.basis import load_basis
 
-    info = {"potential": base + ".yaml", "members": members, "fit_time": fit_time,
+    info = {"potential": base + ".yaml", "members": members, "fit_time": fit_time, "ensemble_time": ensemble_time,
             "functions": int(load_basis(base + ".yaml").nfunc["W"]), "ridge": float(result.regularisation)}
     with open(info_path, "w") as fh:
         json.dump(info, fh)
@@ -152,7 +161,7 @@ def tables(info: dict, sets: dict, key: str, work: str) -> dict:
 BASELINE = dict(n_clusters=15, pca_variance=1.0, n_init=1)      # plain k-means on standardised projections
 
 
-def study_case(regime: str, functions: int, ensemble: int, work: str) -> dict:
+def study_case(regime: str, functions: int, ensemble: int, work: str, seeds=SEEDS) -> dict:
     from ace_uq_calc.report.uq_report import uq_metrics
     from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
     from ace_uq_calc.uncertainty.local import build_local_active_set_from_projections
@@ -171,25 +180,25 @@ def study_case(regime: str, functions: int, ensemble: int, work: str) -> dict:
         global_set = build_active_set_from_projections({"W": x_train})
     for name in sets:
         tab[name].measures["gamma"] = global_set.grades("W", x[name])
-    seeds = {}
+    seed_results = {}
     for variant, options in (("gamma_local", {}), ("gamma_kmeans15", BASELINE)):
         per_seed = []
-        for seed in SEEDS:
+        for seed in seeds:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 local = build_local_active_set_from_projections({"W": x_train}, seed=seed, **options)
             grades = {name: local.grades("W", x[name])[0] for name in sets}
             per_seed.append(uq_metrics(_with(tab["in-domain"], variant, grades["in-domain"]),
                                        {n: _with(tab[n], variant, grades[n]) for n in sets if n != "in-domain"}))
-            if seed == SEEDS[0]:
+            if seed == seeds[0]:
                 for name in sets:
                     tab[name].measures[variant] = grades[name]
                 cluster_count = local.clusters["W"].n_clusters
-        seeds[variant] = {"per_seed": per_seed, "clusters": cluster_count}
+        seed_results[variant] = {"per_seed": per_seed, "clusters": cluster_count}
     novel = {n: tab[n] for n in sets if n != "in-domain"}
     result = uq_metrics(tab["in-domain"], novel)
     result["calibration"] = calibration_study(tab)
-    result["seeds"] = seeds
+    result["seeds"] = seed_results
     result["model"] = {"functions": m, "fit_time": info["fit_time"], "ensemble": len(info["members"]),
                        "train_structures": len(train), "train_atoms": int(sum(len(a) for a in train)),
                        "condition_number": float(global_set.condition_numbers.get("W", float("nan")))}
@@ -242,27 +251,40 @@ def calibration_study(tab: dict) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--functions", type=int, nargs="+", default=[150, 800],
+    p.add_argument("--functions", type=int, nargs="+", default=[150, 400],
                    help="basis sizes requested from the fitting recipe (functions per element before pruning)")
-    p.add_argument("--ensemble", type=int, default=6, help="ensemble members (posterior samples)")
+    p.add_argument("--ensemble", type=int, default=6, help="ensemble members (bootstrap refits)")
+    p.add_argument("--homogeneous-seeds", type=int, default=1,
+                   help="clustering seeds for the homogeneous regime (the heterogeneous one always uses 0-4)")
     p.add_argument("--regimes", nargs="+", default=["homogeneous", "heterogeneous"])
     p.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "ace_uq_study"))
     p.add_argument("--output", default=os.path.join(ROOT, "docs", "uq-study.md"))
     p.add_argument("--json", default=None, help="also write all numbers as JSON")
+    p.add_argument("--from-json", default=None,
+                   help="only rewrite the document from the numbers of an earlier run's --json file")
     args = p.parse_args(argv)
+    if args.from_json:
+        from uq_study_doc import write_document
+
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        write_document(saved["results"], args, saved["elapsed"])
+        log(f"wrote {args.output} from {args.from_json}")
+        return
     os.makedirs(args.work, exist_ok=True)
     t0 = time.perf_counter()
     results = {}
     for regime in args.regimes:
         for functions in args.functions:
-            results[f"{regime}/{functions}"] = study_case(regime, functions, args.ensemble, args.work)
+            seeds = SEEDS if regime == "heterogeneous" else SEEDS[: args.homogeneous_seeds]
+            results[f"{regime}/{functions}"] = study_case(regime, functions, args.ensemble, args.work, seeds)
     elapsed = time.perf_counter() - t0
     from uq_study_doc import write_document   # noqa: E402  (next to this script)
 
     write_document(results, args, elapsed)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1, default=float)
+            json.dump({"results": results, "elapsed": elapsed}, fh, indent=1, default=float)
     log(f"done in {elapsed:.0f} s; wrote {args.output}")
 
 

@@ -65,7 +65,8 @@ def write_document(results: dict, args, elapsed: float) -> None:
     add("* **Heterogeneous** training: 90 % of W_PRM2020; in-domain test = the other 10 %; novel families "
         "W_period-defect, W_sphere and W_non-elastic.")
     add("* Models: linear ACE from `ace_uq_calc.fitting.recipe.fit` at cut-off 5 Å with two basis sizes; "
-        "ensemble = samples from the Bayesian posterior of the ridge fit (shared basis); global γ = MaxVol "
+        "ensemble = K refits on bootstrap resamples of the training structures (same basis and ridge strength; "
+        "`ace-uq fit --ensemble K --ensemble-method bootstrap`); global γ = MaxVol "
         "active set of all training atoms; local γ = `ace_uq_calc.uncertainty.local` (clustering-enhanced "
         "local D-optimality, default settings, docs/local-d-optimality.md); baseline = plain k-means, K = 15, "
         "on standardised projections, one initialisation, the same per-cluster active sets and grade = min over "
@@ -76,8 +77,8 @@ def write_document(results: dict, args, elapsed: float) -> None:
     add("* Not reproducible here: the study's own local variant used 15 *labelled* PRM2020 subsets with a "
         "separately fitted model each; our copy of PRM2020 has no labels, so local active sets come from "
         "unsupervised clustering (the labelled variant is available as `--cluster-by` / `min_grade_over_models` "
-        "for data that have labels). The study's ensembles were independently trained pacemaker models; ours are "
-        "posterior samples of one linear fit, which share its basis.")
+        "for data that have labels). The study's ensembles were independently trained (non-linear) pacemaker models; ours are "
+        "bootstrap refits of one linear basis. Homogeneous-regime clustering uses seed 0 only.")
     add("")
 
     add("## Models")
@@ -134,6 +135,8 @@ def write_document(results: dict, args, elapsed: float) -> None:
                 v = [x for x in _seed_values(r, variant, getter) if x is not None]
                 if not v:
                     return "–"
+                if len(v) == 1:
+                    return f"{v[0]:.3f} (one seed)"
                 return f"{np.mean(v):.3f} (range {max(v) - min(v):.3f})"
 
             cells = [span(lambda s, fam=fam: s["novel"].get(fam, {}).get("measures", {}).get(variant, {}).get("auc_atom"))
@@ -201,6 +204,42 @@ def write_document(results: dict, args, elapsed: float) -> None:
         "(`--json`); the plots of `ace-uq uq-report` show the same for any model.")
     add("")
 
+    add("## Targets for local D-optimality (heterogeneous training, γ_local > 1)")
+    add("")
+    add("Targets: per-atom sphere ROC-AUC ≥ 0.9 and ≥ 0.05 above the plain k-means baseline; AUC range over seeds "
+        "0–4 ≤ 0.03; in-domain false alarms ≤ 2 % of held-out atoms and ≤ 5 % of held-out structures with ≥ 20 atoms. "
+        "Means over the five seeds.")
+    add("")
+    add("| functions | sphere AUC (range) | baseline sphere AUC (range) | difference | false alarms atoms | "
+        "false alarms structures ≥ 20 atoms | targets met |")
+    add("|---|---|---|---|---|---|---|")
+    for key, regime, _, r in _cases(results):
+        if regime != "heterogeneous" or "gamma_local" not in r["seeds"]:
+            continue
+
+        def values(variant, getter):
+            return [x for x in _seed_values(r, variant, getter) if x is not None]
+
+        auc = values("gamma_local", lambda s: s["novel"]["sphere"]["measures"]["gamma_local"]["auc_atom"])
+        base = values("gamma_kmeans15", lambda s: s["novel"]["sphere"]["measures"]["gamma_kmeans15"]["auc_atom"])
+        fa = values("gamma_local", lambda s: s["test"]["measures"]["gamma_local"]["false_alarm_atoms_flag"])
+        fs = values("gamma_local", lambda s: s["test"]["measures"]["gamma_local"]["false_alarm_structures_flag"])
+        checks = {"AUC ≥ 0.9": np.mean(auc) >= 0.9, "≥ 0.05 above baseline": np.mean(auc) - np.mean(base) >= 0.05,
+                  "seed range ≤ 0.03": max(auc) - min(auc) <= 0.03, "atoms ≤ 2 %": np.mean(fa) <= 0.02,
+                  "structures ≤ 5 %": np.mean(fs) <= 0.05}
+        met = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items())
+        add(f"| {r['model']['functions']} | {np.mean(auc):.3f} ({max(auc) - min(auc):.3f}) | {np.mean(base):.3f} "
+            f"({max(base) - min(base):.3f}) | {np.mean(auc) - np.mean(base):+.3f} | {pct(np.mean(fa))} | {pct(np.mean(fs))} | {met} |")
+    add("")
+    add("What limits these numbers here: (1) the number of clusters trades sensitivity for false alarms — each "
+        "cluster's polytope is smaller than the global one, so more clusters raise both the novel atoms' and the "
+        "held-out atoms' grades (measured K scans: docs/local-d-optimality.md); the automatic K (about 20·m training "
+        "atoms per cluster, chosen to keep per-atom false alarms near the 2 % target) gives few clusters for the larger "
+        "basis; (2) the held-out PRM2020 structures with ≥ 20 atoms are few (47) and several contain short-distance "
+        "or low-density environments that no training cell resembles closely, so their maximum grade exceeds 1 "
+        "whatever the method (global γ already flags some of them); (3) PRM2020 here has no labels, so the study's "
+        "labelled 15-subset partition could not be used.")
+    add("")
     add("## The study's four findings, checked here")
     add("")
     lines.extend(findings(results))
