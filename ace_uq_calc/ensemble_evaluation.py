@@ -23,13 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation import (
-    MAX_NEIGHBOURS_PER_ATOM, MIN_PAIR_DISTANCE, NeighbourListCache, _check_duplicate_positions,
-    _check_image_density, _check_neighbour_list, _check_species,
-    _Threads, basis_layout, check_structure, evaluate, kernel_threads,
+    NeighbourListCache, _check_species, _Threads, basis_layout, check_structure, checked_neighbour_list, evaluate,
+    kernel_threads,
 )
-from .kernels.checks import all_finite, neighbour_list_summary
+from .kernels.checks import all_finite
 from .kernels.ensemble import accumulate_ensemble_forces, evaluate_ensemble_atoms
-from .kernels.neighbours import build_neighbour_list, minimum_pair_distance
 from .potential.basis import ACEBasis, load_basis
 from .potential.yaml_format import PotentialFormatError, reference_energies_of
 
@@ -228,19 +226,7 @@ def evaluate_shared(basis: ACEBasis, member_coefficients: np.ndarray, positions,
     nmem = coef.shape[2]
     threads = kernel_threads(n_atoms, num_threads)
     with _Threads(threads):
-        if neighbour_cache is not None:
-            nl = neighbour_cache.neighbour_list(basis, positions, cell, pbc, species)
-        else:
-            _check_duplicate_positions(positions)
-            _check_image_density(n_atoms, cell, pbc, basis.cutoff_max)
-            nl = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
-        most, most_atom, dmin, entry = neighbour_list_summary(nl.first, nl.distance)
-        if most > MAX_NEIGHBOURS_PER_ATOM:
-            _check_neighbour_list(nl, n_atoms)          # raises with the details
-        if dmin < MIN_PAIR_DISTANCE:
-            dmin, i, j = minimum_pair_distance(nl)
-            raise ValueError(
-                f"atoms {i} and {j} are {dmin:.3g} Angstrom apart (closer than {MIN_PAIR_DISTANCE} Angstrom)")
+        nl = checked_neighbour_list(basis, positions, cell, pbc, species, neighbour_cache=neighbour_cache)
         energies = np.empty((nmem, n_atoms))
         pair_gradient = np.empty((len(nl.distance) if forces else 0, nmem, 3))
         proj = np.zeros((n_atoms if projections else 0, basis.max_nfunc))

@@ -225,6 +225,34 @@ class NeighbourListCache:
         return refresh_neighbour_list(skin_list, positions, cell, pbc, species, basis.cutoff_matrix)
 
 
+def checked_neighbour_list(basis: ACEBasis, positions, cell, pbc, species, neighbour_list=None,
+                           neighbour_cache: "NeighbourListCache | None" = None):
+    """The neighbour list for an evaluation (the caller's, the cache's or a new one), checked: no atom
+    with more than :data:`MAX_NEIGHBOURS_PER_ATOM` neighbours, no pair closer than
+    :data:`MIN_PAIR_DISTANCE` (ValueError naming the atoms). Inputs as for :func:`evaluate`, already
+    converted to contiguous arrays."""
+    n_atoms = len(positions)
+    if neighbour_list is None:
+        if neighbour_cache is not None:
+            neighbour_list = neighbour_cache.neighbour_list(basis, positions, cell, pbc, species)
+        else:
+            _check_duplicate_positions(positions)
+            _check_image_density(n_atoms, cell, pbc, basis.cutoff_max)
+            neighbour_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
+    else:
+        _check_neighbour_list(neighbour_list, n_atoms)      # a list from the caller
+    nl = neighbour_list
+    most, most_atom, dmin, entry = neighbour_list_summary(nl.first, nl.distance)
+    if most > MAX_NEIGHBOURS_PER_ATOM:
+        _check_neighbour_list(nl, n_atoms)
+    if dmin < MIN_PAIR_DISTANCE:
+        dmin, i, j = minimum_pair_distance(nl)
+        raise ValueError(
+            f"atoms {i} and {j} are {dmin:.3g} Angstrom apart (closer than {MIN_PAIR_DISTANCE} Angstrom)"
+        )
+    return nl
+
+
 def evaluate(
     basis: ACEBasis,
     positions,
@@ -259,24 +287,7 @@ def evaluate(
         _check_species(species, n_atoms, basis.n_elements)
     threads = kernel_threads(n_atoms, num_threads)
     with _Threads(threads):
-        if neighbour_list is None:
-            if neighbour_cache is not None:
-                neighbour_list = neighbour_cache.neighbour_list(basis, positions, cell, pbc, species)
-            else:
-                _check_duplicate_positions(positions)
-                _check_image_density(n_atoms, cell, pbc, basis.cutoff_max)
-                neighbour_list = build_neighbour_list(positions, cell, pbc, species, basis.cutoff_matrix)
-        else:
-            _check_neighbour_list(neighbour_list, n_atoms)      # a list from the caller
-        nl = neighbour_list
-        most, most_atom, dmin, entry = neighbour_list_summary(nl.first, nl.distance)
-        if most > MAX_NEIGHBOURS_PER_ATOM:
-            _check_neighbour_list(nl, n_atoms)
-        if dmin < MIN_PAIR_DISTANCE:
-            dmin, i, j = minimum_pair_distance(nl)
-            raise ValueError(
-                f"atoms {i} and {j} are {dmin:.3g} Angstrom apart (closer than {MIN_PAIR_DISTANCE} Angstrom)"
-            )
+        nl = checked_neighbour_list(basis, positions, cell, pbc, species, neighbour_list, neighbour_cache)
         max_nd = basis.coefficients.shape[1]
         max_nf = basis.max_nfunc
         npairs = len(nl.distance)

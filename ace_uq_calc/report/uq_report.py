@@ -49,7 +49,18 @@ def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def test_metrics(table: AtomTable) -> dict:
+def ensemble_calibration(table: AtomTable) -> dict:
+    """Coverage of k sigma (force components against the ensemble's forces_std), miscalibration area and
+    RMS error / RMS sigma (> 1: the ensemble under-predicts its errors)."""
+    e, sigma = table.force_error_components, table.forces_std
+    return {
+        "coverage": {str(k): v for k, v in m.gaussian_coverage(e, sigma).items()},
+        "miscalibration_area": m.miscalibration_area(e, sigma),
+        "rms_error_over_rms_std": float(np.sqrt(np.mean(e ** 2)) / max(np.sqrt(np.mean(sigma ** 2)), 1e-300)),
+    }
+
+
+def in_domain_metrics(table: AtomTable) -> dict:
     """Errors, ranking and calibration on the in-domain test set."""
     out = {
         "atoms": table.n_atoms, "structures": len(table.structure_size),
@@ -78,12 +89,7 @@ def test_metrics(table: AtomTable) -> dict:
             entry["structures_ge_min_atoms"] = int(big.sum())
         out["measures"][name] = entry
     if table.forces_std is not None:
-        out["ensemble_calibration"] = {
-            "coverage": {str(k): v for k, v in m.gaussian_coverage(table.force_error_components, table.forces_std).items()},
-            "miscalibration_area": m.miscalibration_area(table.force_error_components, table.forces_std),
-            "rms_error_over_rms_std": float(np.sqrt(np.mean(table.force_error_components ** 2))
-                                            / max(np.sqrt(np.mean(table.forces_std ** 2)), 1e-300)),
-        }
+        out["ensemble_calibration"] = ensemble_calibration(table)
     return out
 
 
@@ -114,18 +120,13 @@ def novelty_metrics(test: AtomTable, novel: AtomTable) -> dict:
                 entry["detect_structures_flag"] = m.flagged_fraction(s_novel, flag)
         out["measures"][name] = entry
     if novel.forces_std is not None and novel.n_atoms:
-        out["ensemble_calibration"] = {
-            "coverage": {str(k): v for k, v in m.gaussian_coverage(novel.force_error_components, novel.forces_std).items()},
-            "miscalibration_area": m.miscalibration_area(novel.force_error_components, novel.forces_std),
-            "rms_error_over_rms_std": float(np.sqrt(np.mean(novel.force_error_components ** 2))
-                                            / max(np.sqrt(np.mean(novel.forces_std ** 2)), 1e-300)),
-        }
+        out["ensemble_calibration"] = ensemble_calibration(novel)
     return out
 
 
 def uq_metrics(test: AtomTable, novel: dict | None = None) -> dict:
     """All metrics: {"test": ..., "novel": {label: ...}}."""
-    return {"test": test_metrics(test),
+    return {"test": in_domain_metrics(test),
             "novel": {label: novelty_metrics(test, table) for label, table in (novel or {}).items()}}
 
 
