@@ -62,7 +62,8 @@ class ACECalculator(Calculator):
     local_active_set : path or LocalActiveSet, optional
         Per-cluster active sets (``ace-uq activeset --local``, ``ace_uq_calc.uncertainty.local``); adds
         ``gamma_local`` (N,) = min over clusters of the cluster grade, ``gamma_cluster`` (N,) = the cluster
-        attaining it, and ``max_gamma_local``. Shares the descriptor pass with ``gamma`` (not with ensembles).
+        attaining it, and ``max_gamma_local``. Shares the descriptor pass with ``gamma`` (ensembles: the first
+        member's projections, like ``gamma``).
     """
 
     implemented_properties = [

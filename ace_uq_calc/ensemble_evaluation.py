@@ -341,9 +341,11 @@ def ensemble_results(calc, atoms, species, properties, wants_gamma: bool) -> dic
     model: EnsembleModel = calc.ensemble
     cell = atoms.cell.array
     active = calc.active_set if wants_gamma else None
+    local = calc.local_active_set if calc.compute_gamma else None
     linear_gamma = active is not None and not active.nonlinear
+    linear_local = local is not None and not local.nonlinear
     ev = evaluate_ensemble(model, atoms.positions, cell, atoms.pbc, species, forces=True,
-                           projections=linear_gamma, num_threads=calc.num_threads)
+                           projections=linear_gamma or linear_local, num_threads=calc.num_threads)
     energies = ev.energies
     if model.reference_energy.any():
         energies = energies + model.reference_energy[:, species]
@@ -360,16 +362,20 @@ def ensemble_results(calc, atoms, species, properties, wants_gamma: bool) -> dic
     results["free_energy"] = results["energy"]
     results["neighbour_count"] = ev.neighbour_count
     results["ensemble_energies"] = energies.sum(axis=1)     # (K,) eV, total energy of each member
+    # grades of the first member (members sharing a basis have identical linear projections)
+    nonlinear_x = None
+    if (active is not None and active.nonlinear) or (local is not None and local.nonlinear):
+        nonlinear_x = evaluate(model.bases[0], atoms.positions, cell, atoms.pbc, species, forces=False,
+                               nonlinear=True, num_threads=calc.num_threads).nonlinear_projections
+    proj = _Projections(projections=ev.projections, nonlinear_projections=nonlinear_x)
     if active is not None:
-        if linear_gamma:
-            proj = _Projections(projections=ev.projections)
-        else:
-            first = evaluate(model.bases[0], atoms.positions, cell, atoms.pbc, species, forces=False,
-                             nonlinear=True, num_threads=calc.num_threads)
-            proj = _Projections(nonlinear_projections=first.nonlinear_projections)
         gamma = calc._gamma(species, proj)
         results["gamma"] = gamma
         results["max_gamma"] = float(gamma.max()) if len(gamma) else 0.0
+    if local is not None:
+        from .uncertainty.local import local_results
+
+        results.update(local_results(local, model.bases[0], species, proj, calc.num_threads))
     return results
 
 

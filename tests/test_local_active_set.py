@@ -308,3 +308,25 @@ def test_cli_local_activeset_evaluate_and_md(potential, training, tmp_path, caps
     with open(md / "summary.json") as handle:
         summary = json.load(handle)
     assert summary["steps_run"] == 4 and summary["max_measure"] > 0
+
+
+def test_ensemble_calculator_grades_with_the_local_set_of_its_shared_basis(potential, local_labels):
+    """Members sharing one basis have identical projections: an ensemble calculator's gamma_local and
+    gamma_cluster equal those of a single-model calculator of its first member."""
+    from ace_uq_calc.potential.yaml_format import read_potential_file
+
+    first = read_potential_file(potential)
+    second = read_potential_file(potential)
+    for specs in second.functions.values():
+        for spec in specs:
+            spec.coefficients = spec.coefficients * 1.01
+    ensemble = ACECalculator([first, second], local_active_set=local_labels)
+    single = ACECalculator(first, local_active_set=local_labels)
+    for atoms in cu_frames(2, 0.2, 70, vacancy=True):
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = ensemble, single
+        a.get_forces()
+        b.get_forces()
+        assert np.array_equal(ensemble.results["gamma_local"], single.results["gamma_local"])
+        assert np.array_equal(ensemble.results["gamma_cluster"], single.results["gamma_cluster"])
+        assert ensemble.results["forces_dev"].max() > 0          # a real ensemble (members differ)

@@ -665,9 +665,8 @@ def build_local_active_set(potential, frames, cluster_by: str | None = None, n_c
 # ----------------------------------------------------------------------------------------------------
 
 def prepare_local_active_set(local_active_set, basis, ensemble=None) -> LocalActiveSet:
-    """The LocalActiveSet (loaded from a path if needed) checked against ``basis`` (ACEBasis)."""
-    if ensemble is not None:
-        raise ValueError("local_active_set is not supported for ensemble calculators (use one potential)")
+    """The LocalActiveSet (loaded from a path if needed) checked against ``basis`` (ACEBasis; for an
+    ensemble calculator the first member's basis, whose projections grade the atoms)."""
     if not isinstance(local_active_set, LocalActiveSet):
         local_active_set = LocalActiveSet.load(local_active_set)
     ndensity = {el: int(basis.ndensity[e]) for e, el in enumerate(basis.elements)}
