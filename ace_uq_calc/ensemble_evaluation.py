@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation import (
-    NeighbourListCache, _check_species, _Threads, basis_layout, check_structure, checked_neighbour_list, evaluate,
-    kernel_threads,
+    NeighbourListCache, _Threads, checked_neighbour_list, evaluate, kernel_basis_arguments, kernel_threads,
+    prepared_structure,
 )
 from .kernels.checks import all_finite
 from .kernels.ensemble import accumulate_ensemble_forces, evaluate_ensemble_atoms
@@ -213,16 +213,8 @@ def evaluate_shared(basis: ACEBasis, member_coefficients: np.ndarray, positions,
     if coef.ndim != 3 or coef.shape[:2] != basis.coefficients.shape or coef.shape[2] < 1:
         raise ValueError(f"member_coefficients must have shape {basis.coefficients.shape + ('K',)} with K >= 1, "
                          f"found {coef.shape}")
-    positions = np.ascontiguousarray(positions, dtype=np.float64)
-    cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
-    pbc = np.array(pbc, dtype=bool)
-    if pbc.shape != (3,):
-        pbc = np.broadcast_to(pbc, (3,)).copy()
-    species = np.ascontiguousarray(species, dtype=np.int64)
-    if positions.ndim != 2 or positions.shape[1] != 3 or not (all_finite(positions) and all_finite(cell)):
-        check_structure(positions, cell, pbc)
+    positions, cell, pbc, species = prepared_structure(basis, positions, cell, pbc, species)
     n_atoms = len(positions)
-    _check_species(species, n_atoms, basis.n_elements)
     nmem = coef.shape[2]
     threads = kernel_threads(n_atoms, num_threads)
     with _Threads(threads):
@@ -231,21 +223,9 @@ def evaluate_shared(basis: ACEBasis, member_coefficients: np.ndarray, positions,
         pair_gradient = np.empty((len(nl.distance) if forces else 0, nmem, 3))
         proj = np.zeros((n_atoms if projections else 0, basis.max_nfunc))
         if n_atoms:
-            layout = basis_layout(basis)
             evaluate_ensemble_atoms(
                 species, nl.first, nl.index, nl.vector, nl.distance,
-                layout.table, basis.radial_scale, basis.radial_nlut, basis.bond_r_in, basis.bond_delta_in,
-                basis.zbl, basis.cutoff_max,
-                basis.nradbase, basis.nradmax, basis.lmax, layout.lm_l, layout.lm_m, layout.harmonic_norm,
-                layout.rec_a, layout.rec_b, layout.diag,
-                basis.function_start, coef, layout.node_start, layout.node_parent,
-                layout.node_factor, layout.function_contrib, layout.contrib_node, layout.contrib_coef,
-                layout.ncontrib_start, layout.ncontrib_node, layout.ncontrib_func, layout.ncontrib_coef,
-                layout.factor_ptr, layout.factor_nodes,
-                layout.rank1_start, layout.rank1_func, layout.rank1_index,
-                layout.max_nodes,
-                basis.ndensity, basis.embedding_weight, basis.embedding_exponent, basis.embedding_kind,
-                basis.rho_core_cut, basis.drho_core_cut,
+                *kernel_basis_arguments(basis, coef),
                 forces, projections, min(n_atoms, threads),
                 energies, pair_gradient, proj,
             )

@@ -225,6 +225,45 @@ class NeighbourListCache:
         return refresh_neighbour_list(skin_list, positions, cell, pbc, species, basis.cutoff_matrix)
 
 
+def prepared_structure(basis: ACEBasis, positions, cell, pbc, species):
+    """(positions (N, 3), cell (3, 3), pbc (3,), species (N,)) as contiguous float64 / bool / int64 arrays,
+    checked (finite positions and cell, species indices of ``basis``); errors name the problem. A scalar
+    pbc applies to all three directions."""
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.array(pbc, dtype=bool)
+    if pbc.shape != (3,):
+        pbc = np.broadcast_to(pbc, (3,)).copy()
+    species = np.ascontiguousarray(species, dtype=np.int64)
+    if positions.ndim != 2 or positions.shape[1] != 3 or not (all_finite(positions) and all_finite(cell)):
+        check_structure(positions, cell, pbc)          # raises with the details
+    n_atoms = len(positions)
+    if species.shape != (n_atoms,) or not species_in_range(species, basis.n_elements):
+        _check_species(species, n_atoms, basis.n_elements)
+    return positions, cell, pbc, species
+
+
+def kernel_basis_arguments(basis: ACEBasis, coefficients) -> tuple:
+    """The basis arguments of :func:`~ace_uq_calc.kernels.evaluator.evaluate_atoms` and of the ensemble
+    kernel, from the radial table to ``drho_core_cut``, in their order; ``coefficients`` is the
+    model's (F, ndensity) or an ensemble's (F, ndensity, K) array."""
+    layout = basis_layout(basis)
+    return (
+        layout.table, basis.radial_scale, basis.radial_nlut, basis.bond_r_in, basis.bond_delta_in,
+        basis.zbl, basis.cutoff_max,
+        basis.nradbase, basis.nradmax, basis.lmax, layout.lm_l, layout.lm_m, layout.harmonic_norm,
+        layout.rec_a, layout.rec_b, layout.diag,
+        basis.function_start, coefficients, layout.node_start, layout.node_parent,
+        layout.node_factor, layout.function_contrib, layout.contrib_node, layout.contrib_coef,
+        layout.ncontrib_start, layout.ncontrib_node, layout.ncontrib_func, layout.ncontrib_coef,
+        layout.factor_ptr, layout.factor_nodes,
+        layout.rank1_start, layout.rank1_func, layout.rank1_index,
+        layout.max_nodes,
+        basis.ndensity, basis.embedding_weight, basis.embedding_exponent, basis.embedding_kind,
+        basis.rho_core_cut, basis.drho_core_cut,
+    )
+
+
 def checked_neighbour_list(basis: ACEBasis, positions, cell, pbc, species, neighbour_list=None,
                            neighbour_cache: "NeighbourListCache | None" = None):
     """The neighbour list for an evaluation (the caller's, the cache's or a new one), checked: no atom
@@ -274,17 +313,8 @@ def evaluate(
     ``neighbour_cache``, see :class:`NeighbourListCache`). num_threads: Numba threads for the kernels
     (None: the current setting); structures below :data:`PARALLEL_MIN_ATOMS` atoms use one.
     """
-    positions = np.ascontiguousarray(positions, dtype=np.float64)
-    cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
-    pbc = np.array(pbc, dtype=bool)
-    if pbc.shape != (3,):
-        pbc = np.broadcast_to(pbc, (3,)).copy()   # a scalar applies to all three
-    species = np.ascontiguousarray(species, dtype=np.int64)
-    if positions.ndim != 2 or positions.shape[1] != 3 or not (all_finite(positions) and all_finite(cell)):
-        check_structure(positions, cell, pbc)          # raises with the details
+    positions, cell, pbc, species = prepared_structure(basis, positions, cell, pbc, species)
     n_atoms = len(positions)
-    if species.shape != (n_atoms,) or not species_in_range(species, basis.n_elements):
-        _check_species(species, n_atoms, basis.n_elements)
     threads = kernel_threads(n_atoms, num_threads)
     with _Threads(threads):
         nl = checked_neighbour_list(basis, positions, cell, pbc, species, neighbour_list, neighbour_cache)
@@ -298,21 +328,9 @@ def evaluate(
         densities = np.zeros((n_atoms, max_nd))
         dF = np.zeros((n_atoms, max_nd))
         if n_atoms:
-            layout = basis_layout(basis)
             evaluate_atoms(
                 species, nl.first, nl.index, nl.vector, nl.distance,
-                layout.table, basis.radial_scale, basis.radial_nlut, basis.bond_r_in, basis.bond_delta_in,
-                basis.zbl, basis.cutoff_max,
-                basis.nradbase, basis.nradmax, basis.lmax, layout.lm_l, layout.lm_m, layout.harmonic_norm,
-                layout.rec_a, layout.rec_b, layout.diag,
-                basis.function_start, basis.coefficients, layout.node_start, layout.node_parent,
-                layout.node_factor, layout.function_contrib, layout.contrib_node, layout.contrib_coef,
-                layout.ncontrib_start, layout.ncontrib_node, layout.ncontrib_func, layout.ncontrib_coef,
-                layout.factor_ptr, layout.factor_nodes,
-                layout.rank1_start, layout.rank1_func, layout.rank1_index,
-                layout.max_nodes,
-                basis.ndensity, basis.embedding_weight, basis.embedding_exponent, basis.embedding_kind,
-                basis.rho_core_cut, basis.drho_core_cut,
+                *kernel_basis_arguments(basis, basis.coefficients),
                 forces, projections, nonlinear, min(n_atoms, threads),
                 energies, pair_gradient, proj, nlproj, densities, dF,
             )

@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from protocol import split_by_structure    # noqa: E402  (benchmarks/, next to this script)
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT.parent / "shared" / "data"
@@ -58,13 +58,6 @@ W_FILES = ("W_uq/W_elastic.xyz", "W_uq/W_non-elastic.xyz", "W_uq/W_period-defect
 W_TARGET = (4.24, 0.161)     # test RMSE: meV/atom, eV/A
 TIAL_FILE = "tial/TiAl_tutorial.xyz"
 TIME_LIMIT = 180.0           # s per fit (2 cores)
-
-
-def split_by_structure(frames, seed: int = 2025, fraction: float = 0.1):
-    """(train, test): numpy.random.default_rng(seed).permutation(n); the first round(fraction n) are test."""
-    order = np.random.default_rng(seed).permutation(len(frames))
-    n_test = int(round(fraction * len(frames)))
-    return [frames[i] for i in order[n_test:]], [frames[i] for i in order[:n_test]]
 
 
 def _cpu_seconds() -> float:
@@ -131,7 +124,7 @@ def zuo_table(rows) -> list:
         best_f = min(fgap, fmtp)
         verdict = ("yes" if e_ok and f_ok else
                    f"E {'yes' if e_ok else 'no'}; F no ({r['F_mae']:.4f} > {best_f:.2f}"
-                   + (f", equal at the published two decimals)" if f_ok_rounded else ")"))
+                   + (", equal at the published two decimals)" if f_ok_rounded else ")"))
         time_note = "" if r["fit_s"] <= TIME_LIMIT else " (over 180)"
         lines.append(f"| {r['name']} | {_functions(r)} | {r['fit_s']:.0f}{time_note} | {r['cpu_s']:.0f} | "
                      f"**{r['E_mae']:.3f}** | {egap:.2f} | {emtp:.2f} | **{r['F_mae']:.4f}** | {fgap:.2f} | "

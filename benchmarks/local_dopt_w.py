@@ -26,13 +26,9 @@ import warnings
 
 import numpy as np
 
+from protocol import split_indices    # noqa: E402  (benchmarks/, next to this script)
+
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "W_uq")
-
-
-def split(n: int):
-    perm = np.random.default_rng(2025).permutation(n)
-    held = round(0.1 * n)
-    return perm[held:], perm[:held]
 
 
 def read(name):
@@ -129,13 +125,13 @@ def run(regime, functions, seeds, cache, variants):
     print(f"== {regime} regime, fit with functions={functions}")
     if regime == "heterogeneous":
         prm = read("W_PRM2020")
-        tr, ho = split(len(prm))
+        tr, ho = split_indices(len(prm))
         train = [prm[i] for i in tr]
         sets = {"in_domain": [prm[i] for i in ho], "sphere": read("W_sphere"),
                 "period-defect": read("W_period-defect"), "non-elastic": read("W_non-elastic")}
     else:
         ne = read("W_non-elastic")
-        tr, ho = split(len(ne))
+        tr, ho = split_indices(len(ne))
         train = read("W_elastic") + [ne[i] for i in tr]
         sets = {"in_domain": [ne[i] for i in ho], "sphere": read("W_sphere"), "period-defect": read("W_period-defect")}
     tag = regime[:3]

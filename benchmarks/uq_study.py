@@ -34,6 +34,8 @@ import warnings
 
 import numpy as np
 
+from protocol import split_indices    # noqa: E402  (benchmarks/, next to this script)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "W_uq")
 SEEDS = (0, 1, 2, 3, 4)
@@ -42,13 +44,6 @@ CUTOFF = 5.0
 
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
-
-
-def split(n: int):
-    """(train indices, held-out indices): the first round(0.1 n) of rng(2025).permutation(n) are held out."""
-    perm = np.random.default_rng(2025).permutation(n)
-    held = round(0.1 * n)
-    return perm[held:], perm[:held]
 
 
 def read(name):
@@ -61,11 +56,11 @@ def regime_data(regime: str):
     """(training frames, {"in-domain": frames, novel family: frames, ...})."""
     if regime == "heterogeneous":
         prm = read("W_PRM2020")
-        tr, ho = split(len(prm))
+        tr, ho = split_indices(len(prm))
         return [prm[i] for i in tr], {"in-domain": [prm[i] for i in ho], "period-defect": read("W_period-defect"),
                                       "sphere": read("W_sphere"), "non-elastic": read("W_non-elastic")}
     ne = read("W_non-elastic")
-    tr, ho = split(len(ne))
+    tr, ho = split_indices(len(ne))
     return read("W_elastic") + [ne[i] for i in tr], {"in-domain": [ne[i] for i in ho],
                                                     "period-defect": read("W_period-defect"),
                                                     "sphere": read("W_sphere")}

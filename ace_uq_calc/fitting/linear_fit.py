@@ -254,6 +254,20 @@ def _resolve_workers(workers, frames, basis: ACEBasis, n_chunks: int) -> int:
     return max(1, min(int(workers), n_chunks))
 
 
+def _start_workers(n_workers: int, basis: ACEBasis, weights: FitWeights, norms: dict, fixed_e0: dict,
+                   e0_offset: dict | None) -> "_AssemblyWorkers | None":
+    """``n_workers`` assembly processes, or None (assemble in this process) for one worker or when they
+    cannot start (with a warning saying why)."""
+    if n_workers <= 1:
+        return None
+    try:
+        return _AssemblyWorkers(n_workers, basis, weights, norms, fixed_e0, e0_offset)
+    except _WorkerStartError as exc:
+        warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
 def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
              progress: bool = False, label: str = "assembling", workers: int | None = None,
              pool: "_AssemblyWorkers | None" = None, e0_offset: dict | None = None) -> NormalEquations:
@@ -268,16 +282,11 @@ def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0
     bar = _Progress(sum(len(a) for a in frames), label + " (atoms)", progress)
     if pool is not None:
         return pool.assemble(frames, chunks, bar)
-    n_workers = _resolve_workers(workers, frames, basis, len(chunks))
-    if n_workers > 1:
-        try:
-            own = _AssemblyWorkers(n_workers, basis, weights, norms, fixed_e0, e0_offset)
-        except _WorkerStartError as exc:
-            warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
-                          stacklevel=2)
-        else:
-            with own:
-                return own.assemble(frames, chunks, bar)
+    own = _start_workers(_resolve_workers(workers, frames, basis, len(chunks)), basis, weights, norms, fixed_e0,
+                         e0_offset)
+    if own is not None:
+        with own:
+            return own.assemble(frames, chunks, bar)
     eq = NormalEquations.empty(ncols)
     done = 0
     for start, stop in chunks:
@@ -551,14 +560,8 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_frames = [frames[i] for i in train_idx]
     val_frames = [frames[i] for i in val_idx]
-    n_workers = _resolve_workers(workers, frames, basis, len(_chunks(train_frames)))
-    pool = None
-    if n_workers > 1:
-        try:
-            pool = _AssemblyWorkers(n_workers, basis, weights, norms, fixed, offset)
-        except _WorkerStartError as exc:
-            warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
-                          stacklevel=2)
+    pool = _start_workers(_resolve_workers(workers, frames, basis, len(_chunks(train_frames))), basis, weights,
+                          norms, fixed, offset)
     try:
         train_eq = assemble(basis, train_frames, weights, norms, fixed, progress, "fit: assembling", pool=pool,
                             e0_offset=offset)

@@ -27,7 +27,11 @@ _BLOCK = 4      # atoms per block
 def _block_panel(x, rows, start, count, asi, j0, j1, acc, bound, base):
     """bound[t - base] = max(bound[t - base], max_{j0 <= j < j1} |(x[rows[t]] @ asi)_j|) for the ``count``
     (<= 4) atoms t from ``start``; acc: (4, >= j1 - j0) scratch (four rows updated per sweep over j, which
-    LLVM vectorises; the atoms share every loaded column of asi)."""
+    LLVM vectorises; the atoms share every loaded column of asi).
+
+    Like ``kernels.gamma._block_panel`` but summing one row of asi per sweep, in the same order as
+    :func:`_block_panel8` and :func:`_grade_one`: the pruning compares partial maxima with full grades,
+    so all three must round alike (the two-row sweep of the global kernel differs by ~1e-16 relative)."""
     m = asi.shape[0]
     w = j1 - j0
     a0 = acc[0, :w]

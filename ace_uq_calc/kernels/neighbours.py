@@ -623,6 +623,32 @@ def _neighbour_pass(
 # ----------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _select_entries(i, positions, periodic_cell, species, cutoff_matrix, skin_first, skin_index, skin_shift,
+                    index, shift, vector, distance, out):
+    """Recompute the vectors of atom i's skin-list entries and write those within the true cut-off, in
+    order, to the output arrays from position ``out``; returns the position after the last one."""
+    species_i = species[i]
+    for p in range(skin_first[i], skin_first[i + 1]):
+        j = skin_index[p]
+        n0 = skin_shift[p, 0]
+        n1 = skin_shift[p, 1]
+        n2 = skin_shift[p, 2]
+        vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
+        if not r < cutoff_matrix[species_i, species[j]]:
+            continue
+        index[out] = j
+        shift[out, 0] = n0
+        shift[out, 1] = n1
+        shift[out, 2] = n2
+        vector[out, 0] = vx
+        vector[out, 1] = vy
+        vector[out, 2] = vz
+        distance[out] = r
+        out += 1
+    return out
+
+
 @njit(cache=True, parallel=True)
 def _refresh_select(positions, periodic_cell, species, cutoff_matrix, skin_first, skin_index, skin_shift,
                     counts, index, shift, vector, distance):
@@ -631,25 +657,8 @@ def _refresh_select(positions, periodic_cell, species, cutoff_matrix, skin_first
     output arrays; counts[i] = how many."""
     for iu in prange(positions.shape[0]):
         i = np.int64(iu)
-        species_i = species[i]
-        out = skin_first[i]
-        for p in range(skin_first[i], skin_first[i + 1]):
-            j = skin_index[p]
-            n0 = skin_shift[p, 0]
-            n1 = skin_shift[p, 1]
-            n2 = skin_shift[p, 2]
-            vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
-            if not r < cutoff_matrix[species_i, species[j]]:
-                continue
-            index[out] = j
-            shift[out, 0] = n0
-            shift[out, 1] = n1
-            shift[out, 2] = n2
-            vector[out, 0] = vx
-            vector[out, 1] = vy
-            vector[out, 2] = vz
-            distance[out] = r
-            out += 1
+        out = _select_entries(i, positions, periodic_cell, species, cutoff_matrix, skin_first, skin_index,
+                              skin_shift, index, shift, vector, distance, skin_first[i])
         counts[i] = out - skin_first[i]
 
 
@@ -678,24 +687,8 @@ def _refresh_serial(positions, periodic_cell, species, cutoff_matrix, skin_first
     out = 0
     first[0] = 0
     for i in range(positions.shape[0]):
-        species_i = species[i]
-        for p in range(skin_first[i], skin_first[i + 1]):
-            j = skin_index[p]
-            n0 = skin_shift[p, 0]
-            n1 = skin_shift[p, 1]
-            n2 = skin_shift[p, 2]
-            vx, vy, vz, r = _image_vector(positions, periodic_cell, i, j, n0, n1, n2)
-            if not r < cutoff_matrix[species_i, species[j]]:
-                continue
-            index[out] = j
-            shift[out, 0] = n0
-            shift[out, 1] = n1
-            shift[out, 2] = n2
-            vector[out, 0] = vx
-            vector[out, 1] = vy
-            vector[out, 2] = vz
-            distance[out] = r
-            out += 1
+        out = _select_entries(i, positions, periodic_cell, species, cutoff_matrix, skin_first, skin_index,
+                              skin_shift, index, shift, vector, distance, out)
         first[i + 1] = out
     return out
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase.data import atomic_numbers
 
-from ..kernels.harmonics import harmonic_count, harmonic_normalisation
+from ..kernels.harmonics import harmonic_normalisation
 from .coupling import complete_lint, generalized_cg
 from .radial import BondParameters, build_radial_table
 from .yaml_format import PotentialFile, PotentialFormatError, read_potential_file
