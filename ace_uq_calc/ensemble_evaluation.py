@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation import (
-    NeighbourListCache, _Threads, checked_neighbour_list, evaluate, kernel_basis_arguments, kernel_threads,
-    prepared_structure,
+    NeighbourListCache, _Threads, basis_layout, checked_neighbour_list, evaluate, kernel_basis_arguments,
+    kernel_threads, prepared_structure,
 )
 from .kernels.checks import all_finite
-from .kernels.ensemble import accumulate_ensemble_forces, evaluate_ensemble_atoms
+from .kernels.ensemble import EnsembleTree, accumulate_ensemble_forces, ensemble_tree, evaluate_ensemble_atoms
 from .potential.basis import ACEBasis, load_basis
 from .potential.yaml_format import PotentialFormatError, reference_energies_of
 
@@ -154,10 +154,14 @@ class EnsembleModel:
                 groups.append([k])
         self.groups = groups
         self._stacked = {}
+        self._trees = {}
         for g in groups:
             if len(g) > 1 and self.fast:
-                coef = np.stack([self.bases[k].coefficients for k in g], axis=2)
-                self._stacked[g[0]] = np.ascontiguousarray(coef, dtype=np.float64)
+                coef = np.ascontiguousarray(np.stack([self.bases[k].coefficients for k in g], axis=2),
+                                            dtype=np.float64)
+                self._stacked[g[0]] = coef
+                base = self.bases[g[0]]
+                self._trees[g[0]] = ensemble_tree(basis_layout(base), base.function_start, coef)
         self.reference_energy = np.zeros((len(self.bases), first.n_elements))
         if reference_energies:
             for k, b in enumerate(self.bases):
@@ -203,30 +207,34 @@ class EnsembleEvaluation:
 
 def evaluate_shared(basis: ACEBasis, member_coefficients: np.ndarray, positions, cell, pbc, species,
                     forces: bool = True, projections: bool = False, neighbour_cache: NeighbourListCache | None = None,
-                    num_threads: int | None = None):
+                    num_threads: int | None = None, tree: EnsembleTree | None = None):
     """K members sharing ``basis`` and differing in ``member_coefficients`` (F, max ndensity, K).
 
-    Returns (energies (K, N) eV, forces (K, N, 3) eV/A or None, virial (K, 3, 3) eV or None,
-    projections (N, max nfunc) or None, neighbour_count (N,)).
+    ``tree``: the members' :func:`~ace_uq_calc.kernels.ensemble.ensemble_tree` if the caller keeps it
+    (computed here otherwise). Returns (energies (K, N) eV, forces (K, N, 3) eV/A or None, virial
+    (K, 3, 3) eV or None, projections (N, max nfunc) or None, neighbour_count (N,)).
     """
     coef = np.ascontiguousarray(member_coefficients, dtype=np.float64)
     if coef.ndim != 3 or coef.shape[:2] != basis.coefficients.shape or coef.shape[2] < 1:
         raise ValueError(f"member_coefficients must have shape {basis.coefficients.shape + ('K',)} with K >= 1, "
                          f"found {coef.shape}")
     positions, cell, pbc, species = prepared_structure(basis, positions, cell, pbc, species)
+    if tree is None:
+        tree = ensemble_tree(basis_layout(basis), basis.function_start, coef)
     n_atoms = len(positions)
     nmem = coef.shape[2]
     threads = kernel_threads(n_atoms, num_threads)
     with _Threads(threads):
         nl = checked_neighbour_list(basis, positions, cell, pbc, species, neighbour_cache=neighbour_cache)
         energies = np.empty((nmem, n_atoms))
-        pair_gradient = np.empty((len(nl.distance) if forces else 0, nmem, 3))
+        pair_gradient = np.empty((nmem, len(nl.distance) if forces else 0, 3))
         proj = np.zeros((n_atoms if projections else 0, basis.max_nfunc))
         if n_atoms:
             evaluate_ensemble_atoms(
                 species, nl.first, nl.index, nl.vector, nl.distance,
                 *kernel_basis_arguments(basis, coef),
                 forces, projections, min(n_atoms, threads),
+                *tree,
                 energies, pair_gradient, proj,
             )
     force_arr = virial = None
@@ -260,7 +268,7 @@ def evaluate_ensemble(model: EnsembleModel, positions, cell, pbc, species, force
         if stacked is not None:
             e, f, v, p, c = evaluate_shared(model.bases[group[0]], stacked, positions, cell, pbc, sp, forces=forces,
                                             projections=want_proj, neighbour_cache=model.caches[gi],
-                                            num_threads=num_threads)
+                                            num_threads=num_threads, tree=model._trees[group[0]])
             energies[group] = e
             if forces:
                 force_arr[group] = f

@@ -20,7 +20,7 @@ from ace_uq_calc.evaluation import evaluate
 from ace_uq_calc.potential.basis import load_basis
 from ace_uq_calc.uncertainty.ensemble import ENSEMBLE_PROPERTIES
 
-from conftest import fixture_file
+from conftest import FIXTURES, fixture_file, require_shared
 from test_fitting import _labelled_frames, _teacher
 
 RESULT_KEYS = {"energy", "free_energy", "forces", "stress", "energies"} | set(ENSEMBLE_PROPERTIES)
@@ -60,12 +60,26 @@ def _species(basis, atoms):
     return basis.species_of(atoms.get_chemical_symbols())
 
 
-@pytest.mark.parametrize("case", ["Cu_fs500", "AlNi_fs", "linear"])
+def _compressed_tungsten(seed=6):
+    """bcc W squeezed so that nearest neighbours (~2.05-2.15 A) sit inside W_defect's ZBL switching
+    region (r_in 2.053 A, delta_in 0.1 A): the core / ZBL weights and their derivatives are exercised."""
+    atoms = bulk("W", "bcc", a=2.45, cubic=True).repeat(2)
+    atoms.rattle(0.04, seed=seed)
+    return atoms
+
+
+@pytest.mark.parametrize("case", ["Cu_fs500", "AlNi_fs", "linear", "W_defect"])
 def test_each_member_equals_its_single_model_evaluation(case):
     if case == "linear":
         basis, atoms = load_basis(_teacher()), _copper(seed=5)
     elif case == "Cu_fs500":
         basis, atoms = load_basis(str(fixture_file("Cu_fs500.yaml"))), _copper()
+    elif case == "W_defect":          # ZBL inner cut-off, 8 Finnis-Sinclair densities (read from ../shared only)
+        basis = load_basis(str(require_shared(FIXTURES / "W_defect.yaml")))
+        atoms = _compressed_tungsten()
+        d = atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)]
+        r_in, delta = basis.bond_r_in[0], basis.bond_delta_in[0]
+        assert ((d > r_in - delta) & (d < r_in)).sum() >= 3   # pairs inside the switching region
     else:
         basis, atoms = load_basis(str(fixture_file("AlNi_fs.yaml"))), _alni()
     members = _members(basis, 3)

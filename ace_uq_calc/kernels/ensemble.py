@@ -7,14 +7,18 @@ forces, which leaves the neighbour grouping, radial rows, harmonics, A, the tree
 values in its scratch arrays). Then, per atom:
 
 1. the radial derivatives of the neighbours' table rows (the forward call computes values only);
-2. per member k the densities rho_p^k = sum_f c^k_{f,p} B_f, the atomic energy and
-   dE_k/dB_f = w sum_p c^k_{f,p} F'(rho_p^k) (w: core cut-off or ZBL weight, shared);
-3. one K-wide reverse pass over the tree: the adjoint arrays are ``[node, member]`` (member index
-   innermost and contiguous, so LLVM vectorises every member loop), folded onto m >= 0;
+2. per member k the densities rho_p^k = sum_f c^k_{f,p} B_f, the atomic energy and the scale
+   s_p^k = w F'(rho_p^k) (w: core cut-off or ZBL weight, shared), so that dE_k/dB_f = sum_p c^k_{f,p} s_p^k;
+3. one K-wide reverse pass over the tree (member index innermost and contiguous, so LLVM vectorises
+   every member loop). A node's seed sum_f coef * dE_k/dB_f is sum_p s_p^k node_seed[node, p, k], with
+   ``node_seed`` summed over the node's contributions once per ensemble (:func:`ensemble_tree`); leaves
+   (about two thirds of the nodes) have real adjoints and no accumulator; inner nodes gather their
+   children's adjoints in a compact accumulator. Then folded onto m >= 0;
 4. the contraction with the neighbour derivatives (radial values and derivatives, Legendre factors,
    (x + iy)^m: computed once), member by member and vectorised over the neighbours like the
-   single-model kernel (faster than a member-innermost loop per neighbour, which was tried); writes
-   ``pair_gradient[p, k, :] = dE_i^k / dr_ij``.
+   single-model kernel, two radial indices per sweep (faster than a member-innermost loop per
+   neighbour, which was tried); writes ``pair_gradient[k, p, :] = dE_i^k / dr_ij`` (member-major: each
+   member's rows of an atom are contiguous).
 
 :func:`accumulate_ensemble_forces` sums the pair gradients into forces (K, N, 3) and virials (K, 3, 3).
 Each member's result equals a single-model evaluation of that member up to the order of a few sums
@@ -23,12 +27,13 @@ Each member's result equals a single-model evaluation of that member up to the o
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
 from .embedding import embedding_value
-from .evaluator import _FAST, _evaluate_atom
+from .evaluator import _FAST, _evaluate_atom, accumulate_forces
 from .radial import quintic_switch_scalar
 
 
@@ -38,12 +43,12 @@ def _ensemble_reverse_atom(
     table, radial_scale, radial_nlut, bond_r_in, bond_delta_in, zbl, cutoff_max,
     nradbase, nradmax, lmax, lm_l, lm_m, harmonic_norm,
     function_start, member_coefficients, node_start, node_parent, node_factor,
-    ncontrib_start, ncontrib_node, ncontrib_func, ncontrib_coef,
+    node_seed, node_slot, parent_slot, slot_count,
     rank1_start, rank1_func, rank1_index,
     ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
     compute_forces, energies, pair_gradient,
     perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, af_re, af_im, v_re, v_im, b_values,
-    rho, dfsum, fsum, core_factor, de_db, adj_re, adj_im, wf_re, wf_im, w1, wh_re, wh_im,
+    rho, dfsum, fsum, core_factor, acc_re, acc_im, jr, wf_re, wf_im, w1, wh_re, wh_im,
     t_re, t_im, u_re, u_im, gx, gy, gz, gr,
 ):
     """Members' energies and pair gradients of atom i, after the forward call of the single-model kernel
@@ -113,14 +118,10 @@ def _ensemble_reverse_atom(
             core_factor[k] = fsum[k] * dweight_drho + 1.0
     if not compute_forces:
         return
-    for f in range(nf):
+    # dE_k/dB_f = sum_p c^k_{f,p} scale[p, k] with scale = (core / ZBL weight) * w_p F'(rho_p^k)
+    for pd in range(nd):
         for k in range(nmem):
-            de_db[f, k] = 0.0
-        for pd in range(nd):
-            for k in range(nmem):
-                de_db[f, k] += member_coefficients[f0 + f, pd, k] * dfsum[pd, k]
-        for k in range(nmem):
-            de_db[f, k] = de_db[f, k] * weight
+            dfsum[pd, k] = dfsum[pd, k] * weight
 
     # ---------------- radial derivatives of the neighbours' rows (values are in rv already)
     for qs in range(nn):
@@ -143,24 +144,14 @@ def _ensemble_reverse_atom(
             for c in range(ncol):
                 rd[c, qs] = 0.0
 
-    # ---------------- K-wide reverse pass over the tree
+    # ---------------- K-wide reverse pass over the tree, leaves first (level by level, deepest first).
+    # A node's seed is sum_p scale[p, k] node_seed[node, p, k] (node_seed = the members' coefficients
+    # summed over the node's contributions, precomputed); a leaf's adjoint is its (real) seed, an inner
+    # node's adds what its children passed up, gathered in its slot of acc (inner nodes only).
     n0 = node_start[ei]
     nodes = node_start[ei + 1] - n0
     n_a1 = n_elements * nradbase
     n_full = n_elements * nradmax * lm_full
-    # node adjoints seeded with the contributions dE/dB_f * coef (ordered by node: one pass)
-    s = ncontrib_start[ei]
-    s_end = ncontrib_start[ei + 1]
-    for node in range(nodes):
-        for k in range(nmem):
-            adj_re[node, k] = 0.0
-            adj_im[node, k] = 0.0
-        while s < s_end and ncontrib_node[s] == node:
-            c = ncontrib_coef[s]
-            fn = ncontrib_func[s]
-            for k in range(nmem):
-                adj_re[node, k] += de_db[fn, k] * c
-            s += np.uint64(1)
     for a in range(n_full):
         for k in range(nmem):
             wf_re[a, k] = 0.0
@@ -169,22 +160,45 @@ def _ensemble_reverse_atom(
         for k in range(nmem):
             w1[a, k] = 0.0
     for s in range(rank1_start[ei], rank1_start[ei + 1]):
+        fn = f0 + rank1_func[s]
+        row = rank1_index[s]
+        for pd in range(nd):
+            for k in range(nmem):
+                w1[row, k] += member_coefficients[fn, pd, k] * dfsum[pd, k]
+    for q in range(slot_count[ei]):
         for k in range(nmem):
-            w1[rank1_index[s], k] += de_db[rank1_func[s], k]
+            acc_re[q, k] = 0.0
+            acc_im[q, k] = 0.0
     for node in range(nodes - 1, 0, -1):
-        fac = node_factor[n0 + node]
-        par = node_parent[n0 + node]
+        g = n0 + node
+        for k in range(nmem):
+            jr[k] = dfsum[0, k] * node_seed[g, 0, k]
+        for pd in range(1, nd):
+            for k in range(nmem):
+                jr[k] += dfsum[pd, k] * node_seed[g, pd, k]
+        fac = node_factor[g]
+        par = node_parent[g]
+        ps = parent_slot[g]
         pr = v_re[par]
         pi = v_im[par]
         ar = af_re[fac]
         ai = af_im[fac]
-        for k in range(nmem):
-            jr = adj_re[node, k]
-            ji = adj_im[node, k]
-            wf_re[fac, k] += jr * pr - ji * pi
-            wf_im[fac, k] += jr * pi + ji * pr
-            adj_re[par, k] += jr * ar - ji * ai
-            adj_im[par, k] += jr * ai + ji * ar
+        slot = node_slot[g]
+        if slot < 0:
+            for k in range(nmem):
+                x = jr[k]
+                wf_re[fac, k] += x * pr
+                wf_im[fac, k] += x * pi
+                acc_re[ps, k] += x * ar
+                acc_im[ps, k] += x * ai
+        else:
+            for k in range(nmem):
+                x = jr[k] + acc_re[slot, k]
+                y = acc_im[slot, k]
+                wf_re[fac, k] += x * pr - y * pi
+                wf_im[fac, k] += x * pi + y * pr
+                acc_re[ps, k] += x * ar - y * ai
+                acc_im[ps, k] += x * ai + y * ar
     # fold negative m onto m >= 0 (A_{l,-m} = (-1)^m conj(A_lm)), times the harmonic normalisation
     for nu in range(n_elements):
         for n in range(nradmax):
@@ -245,7 +259,27 @@ def _ensemble_reverse_atom(
                     ti[q] = 0.0
                     ur[q] = 0.0
                     ui[q] = 0.0
-                for n in range(nradmax):
+                # two radial indices per sweep: half the loads and stores of the accumulators
+                n = 0
+                while n + 1 < nradmax:
+                    h0 = (nu * nradmax + n) * nlm + lm
+                    h1 = h0 + nlm
+                    wr0 = wh_re[h0, k]
+                    wi0 = wh_im[h0, k]
+                    wr1 = wh_re[h1, k]
+                    wi1 = wh_im[h1, k]
+                    col = nradbase + n * lp1 + l
+                    rv0 = rv[col, lo:hi]
+                    rd0 = rd[col, lo:hi]
+                    rv1 = rv[col + lp1, lo:hi]
+                    rd1 = rd[col + lp1, lo:hi]
+                    for q in range(cnt):
+                        tr[q] += wr0 * rv0[q] + wr1 * rv1[q]
+                        ti[q] += wi0 * rv0[q] + wi1 * rv1[q]
+                        ur[q] += wr0 * rd0[q] + wr1 * rd1[q]
+                        ui[q] += wi0 * rd0[q] + wi1 * rd1[q]
+                    n += 2
+                if n < nradmax:
                     h = (nu * nradmax + n) * nlm + lm
                     wr = wh_re[h, k]
                     wi = wh_im[h, k]
@@ -283,9 +317,57 @@ def _ensemble_reverse_atom(
             ug = x * gx[qs] + y * gy[qs] + z * gz[qs]
             ir = inv_r[qs]
             g = gr[qs]
-            pair_gradient[p, k, 0] = (gx[qs] - x * ug) * ir + g * x
-            pair_gradient[p, k, 1] = (gy[qs] - y * ug) * ir + g * y
-            pair_gradient[p, k, 2] = (gz[qs] - z * ug) * ir + g * z
+            pair_gradient[k, p, 0] = (gx[qs] - x * ug) * ir + g * x
+            pair_gradient[k, p, 1] = (gy[qs] - y * ug) * ir + g * y
+            pair_gradient[k, p, 2] = (gz[qs] - z * ug) * ir + g * z
+
+
+class EnsembleTree(NamedTuple):
+    """Per-node arrays of the ensemble's reverse pass over a :class:`~ace_uq_calc.kernels.evaluator.KernelLayout`
+    (global node index g = node_start[e] + local node).
+
+    node_seed    (nodes, max ndensity, K) float64: sum over the node's contributions (function f,
+                 generalized CG coefficient c) of c * member_coefficients[f, p, k]
+    node_slot    (nodes,) int64: row of an inner node (one with children) in the adjoint accumulator
+                 of its element, -1 for a leaf
+    parent_slot  (nodes,) int64: node_slot of the node's parent (the root's slot for depth-1 nodes)
+    slot_count   (n_elements,) int64: inner nodes per element
+    """
+
+    node_seed: np.ndarray
+    node_slot: np.ndarray
+    parent_slot: np.ndarray
+    slot_count: np.ndarray
+
+
+def ensemble_tree(layout, function_start, member_coefficients: np.ndarray) -> EnsembleTree:
+    """The :class:`EnsembleTree` of a layout, the basis's ``function_start`` (first function of each
+    element) and the members' coefficients (F, max ndensity, K); NumPy, milliseconds."""
+    node_start = np.asarray(layout.node_start, dtype=np.int64)
+    total = int(node_start[-1])
+    coef = np.asarray(member_coefficients, dtype=np.float64)
+    seed = np.zeros((total, coef.shape[1], coef.shape[2]))
+    node_slot = np.full(total, -1, dtype=np.int64)
+    parent_slot = np.zeros(total, dtype=np.int64)
+    slot_count = np.zeros(len(node_start) - 1, dtype=np.int64)
+    ncontrib_start = np.asarray(layout.ncontrib_start, dtype=np.int64)
+    for e in range(len(node_start) - 1):
+        n0, n1 = int(node_start[e]), int(node_start[e + 1])
+        parents = np.asarray(layout.node_parent[n0 + 1:n1], dtype=np.int64)
+        inner = np.zeros(n1 - n0, dtype=bool)
+        inner[0] = True
+        inner[parents] = True
+        slots = np.cumsum(inner) - 1
+        node_slot[n0:n1] = np.where(inner, slots, -1)
+        parent_slot[n0 + 1:n1] = slots[parents]
+        slot_count[e] = int(inner.sum())
+        c0, c1 = int(ncontrib_start[e]), int(ncontrib_start[e + 1])
+        nodes = np.asarray(layout.ncontrib_node[c0:c1], dtype=np.int64)
+        funcs = np.asarray(layout.ncontrib_func[c0:c1], dtype=np.int64)
+        cg = np.asarray(layout.ncontrib_coef[c0:c1], dtype=np.float64)
+        np.add.at(seed, n0 + nodes, cg[:, None, None] * coef[int(function_start[e]) + funcs])
+    return EnsembleTree(node_seed=np.ascontiguousarray(seed), node_slot=node_slot, parent_slot=parent_slot,
+                        slot_count=slot_count)
 
 
 @njit(cache=True, inline="always", fastmath=_FAST)
@@ -319,11 +401,12 @@ def evaluate_ensemble_atoms(
     max_nodes,
     ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
     compute_forces, compute_projections, n_chunks,
+    node_seed, node_slot, parent_slot, slot_count,
     energies, pair_gradient, projections,
 ):
     """Evaluate every atom for the K members. ``member_coefficients`` (F, max ndensity, K) C-contiguous.
 
-    Outputs (preallocated, every entry written): energies (K, N) eV; pair_gradient (P, K, 3) eV/A,
+    Outputs (preallocated, every entry written): energies (K, N) eV; pair_gradient (K, P, 3) eV/A,
     dE_i^k/dr_ij per neighbour entry (if compute_forces); projections (N, max nfunc) linear
     B-projections (shared by all members; if compute_projections). Atoms are split into ``n_chunks``
     contiguous chunks run in parallel; scratch arrays are allocated once per chunk.
@@ -338,6 +421,9 @@ def evaluate_ensemble_atoms(
     n_full = n_elements * nradmax * lm_full
     max_nd = member_coefficients.shape[1]
     nmem = member_coefficients.shape[2]
+    max_slots = 0
+    for e in range(n_elements):
+        max_slots = max(max_slots, slot_count[e])
     max_nf = 0
     for e in range(n_elements):
         max_nf = max(max_nf, function_start[e + 1] - function_start[e])
@@ -393,9 +479,9 @@ def evaluate_ensemble_atoms(
         dfsum = np.empty((max_nd, nmem))
         fsum = np.empty(nmem)
         core_factor = np.empty(nmem)
-        de_db = np.empty((max_nf + 1, nmem))
-        adj_re = np.empty((max_nodes + 1, nmem))
-        adj_im = np.empty((max_nodes + 1, nmem))
+        acc_re = np.empty((max_slots + 1, nmem))
+        acc_im = np.empty((max_slots + 1, nmem))
+        jr = np.empty(nmem)
         wf_re = np.empty((n_full, nmem))
         wf_im = np.empty((n_full, nmem))
         w1 = np.empty((max(n_a1, 1), nmem))
@@ -431,54 +517,22 @@ def evaluate_ensemble_atoms(
                 table, radial_scale, radial_nlut, bond_r_in, bond_delta_in, zbl, cutoff_max,
                 nradbase, nradmax, lmax, lm_l, lm_m, harmonic_norm,
                 function_start, member_coefficients, node_start, node_parent, node_factor,
-                ncontrib_start, ncontrib_node, ncontrib_func, ncontrib_coef,
+                node_seed, node_slot, parent_slot, slot_count,
                 rank1_start, rank1_func, rank1_index,
                 ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
                 compute_forces, energies, pair_gradient,
                 perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, af_re, af_im, v_re, v_im, b_values,
-                rho, dfsum, fsum, core_factor, de_db, adj_re, adj_im, wf_re, wf_im, w1, wh_re, wh_im,
+                rho, dfsum, fsum, core_factor, acc_re, acc_im, jr, wf_re, wf_im, w1, wh_re, wh_im,
                 t_re, t_im, u_re, u_im, gx, gy, gz, gr,
             )
 
 
 @njit(cache=True)
 def accumulate_ensemble_forces(first, neighbour, vector, pair_gradient, forces, virial):
-    """Per member k: forces[k, i] += f_ij, forces[k, j] -= f_ij; virial[k, a, b] += (r_ij)_a (f_ij)_b.
+    """Per member k: forces[k, i] += f_ij, forces[k, j] -= f_ij; virial[k, a, b] += (r_ij)_a (f_ij)_b
+    (the single-model :func:`~ace_uq_calc.kernels.evaluator.accumulate_forces` on each member's rows).
 
-    pair_gradient (P, K, 3) eV/A; forces (K, N, 3) eV/A; virial (K, 3, 3) eV (all entries written).
+    pair_gradient (K, P, 3) eV/A; forces (K, N, 3) eV/A; virial (K, 3, 3) eV (all entries written).
     """
-    n_atoms = first.shape[0] - 1
-    nmem = forces.shape[0]
-    for k in range(nmem):
-        for a in range(3):
-            for b in range(3):
-                virial[k, a, b] = 0.0
-        for i in range(n_atoms):
-            forces[k, i, 0] = 0.0
-            forces[k, i, 1] = 0.0
-            forces[k, i, 2] = 0.0
-    for i in range(n_atoms):
-        for p in range(first[i], first[i + 1]):
-            j = neighbour[p]
-            rx = vector[p, 0]
-            ry = vector[p, 1]
-            rz = vector[p, 2]
-            for k in range(nmem):
-                gx = pair_gradient[p, k, 0]
-                gy = pair_gradient[p, k, 1]
-                gz = pair_gradient[p, k, 2]
-                forces[k, i, 0] += gx
-                forces[k, i, 1] += gy
-                forces[k, i, 2] += gz
-                forces[k, j, 0] -= gx
-                forces[k, j, 1] -= gy
-                forces[k, j, 2] -= gz
-                virial[k, 0, 0] += rx * gx
-                virial[k, 0, 1] += rx * gy
-                virial[k, 0, 2] += rx * gz
-                virial[k, 1, 0] += ry * gx
-                virial[k, 1, 1] += ry * gy
-                virial[k, 1, 2] += ry * gz
-                virial[k, 2, 0] += rz * gx
-                virial[k, 2, 1] += rz * gy
-                virial[k, 2, 2] += rz * gz
+    for k in range(forces.shape[0]):
+        accumulate_forces(first, neighbour, vector, pair_gradient[k], forces[k], virial[k])
