@@ -437,8 +437,17 @@ def _cmd_fit(args):
 
     train = [a for path in args.training for a in ase.io.read(path, index=":")]
     weights = FitWeights(energy=args.energy_weight, forces=args.force_weight, stress=args.stress_weight)
+    limits = None
+    if (args.nmax is None) != (args.lmax is None):
+        raise SystemExit("ace-uq fit: --nmax and --lmax go together (one value per rank, e.g. --nmax 12,8,5,3 "
+                         "--lmax 0,4,3,2)")
+    if args.nmax is not None:
+        from .fitting.basis_construction import BasisLimits
+
+        limits = BasisLimits(_int_list(args.nmax, "--nmax"), _int_list(args.lmax, "--lmax"))
     result = fit(train, cutoff=args.cutoff, functions=args.functions, weights=weights, seed=args.seed,
-                 core_repulsion=args.core_repulsion, progress=not args.quiet)
+                 core_repulsion=args.core_repulsion, progress=not args.quiet, limits=limits,
+                 max_body_order=args.max_body_order, radial_basis=args.radial_basis)
     write_potential_file(result.potential, args.output)
     basis = build_basis(result.potential)
     print(f"fitted {', '.join(f'{el}: {n}' for el, n in basis.nfunc.items())} functions on {len(train)} structures "
@@ -465,6 +474,13 @@ def _cmd_fit(args):
     return 0
 
 
+def _int_list(text: str, option: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"ace-uq fit: {option} takes comma-separated integers (one per rank), found {text!r}")
+
+
 def _cmd_eval(args):
     import ase.io
 
@@ -487,7 +503,10 @@ def _cmd_eval(args):
 
 
 def _add_fit_parsers(sub):
-    from .fitting.recipe import DEFAULT_CUTOFF, DEFAULT_FUNCTIONS, DEFAULT_WEIGHTS
+    from .fitting.recipe import (
+        DEFAULT_CUTOFF, DEFAULT_FUNCTIONS, DEFAULT_MAX_BODY_ORDER, DEFAULT_RADIAL_BASIS, DEFAULT_WEIGHTS,
+    )
+    from .potential.yaml_format import RADIAL_BASES
 
     p = sub.add_parser("fit", help="fit a linear ACE potential to labelled structures (extended XYZ)")
     p.add_argument("training", nargs="+", help="training structures with energies (and forces, stress)")
@@ -495,6 +514,13 @@ def _add_fit_parsers(sub):
     p.add_argument("--test", nargs="*", default=None, help="test structures: error table printed")
     p.add_argument("--cutoff", type=float, default=DEFAULT_CUTOFF, help="cut-off radius, Angstrom")
     p.add_argument("--functions", type=int, default=DEFAULT_FUNCTIONS, help="target number of functions per element")
+    p.add_argument("--radial-basis", choices=RADIAL_BASES, default=DEFAULT_RADIAL_BASIS,
+                   help=f"radial basis functions (default {DEFAULT_RADIAL_BASIS})")
+    p.add_argument("--max-body-order", type=int, default=DEFAULT_MAX_BODY_ORDER,
+                   help=f"maximal body order, 2 to 5 (rank + 1; default {DEFAULT_MAX_BODY_ORDER})")
+    p.add_argument("--nmax", default=None, help="per-rank maximal radial index, e.g. 12,8,5,3 (with --lmax; "
+                                                "replaces --functions)")
+    p.add_argument("--lmax", default=None, help="per-rank maximal l, e.g. 0,4,3,2 (with --nmax)")
     p.add_argument("--energy-weight", type=float, default=DEFAULT_WEIGHTS.energy)
     p.add_argument("--force-weight", type=float, default=DEFAULT_WEIGHTS.forces)
     p.add_argument("--stress-weight", type=float, default=DEFAULT_WEIGHTS.stress)

@@ -190,12 +190,39 @@ def count_functions(elements, limits: BasisLimits) -> int:
     return sum(1 for item in enumerate_functions(elements, limits) if item[0] == first)
 
 
-def basis_for_size(elements, target_functions: int) -> BasisLimits:
-    """The largest ladder entry with at most ``target_functions`` functions per element (the smallest
-    entry if none fits)."""
-    chosen = BasisLimits(*SIZE_LADDER[0])
-    for nrad, lmax in SIZE_LADDER:
-        limits = BasisLimits(nrad, lmax)
+def basis_for_size(elements, target_functions: int, max_rank: int = 4) -> BasisLimits:
+    """The largest ladder entry (truncated to ranks 1..``max_rank``) with at most ``target_functions``
+    functions per element (the smallest entry if none fits)."""
+    ladder = [BasisLimits(tuple(nrad[:max_rank]), tuple(lmax[:max_rank])) for nrad, lmax in SIZE_LADDER]
+    chosen = ladder[0]
+    for limits in ladder:
         if count_functions(elements, limits) <= target_functions:
             chosen = limits
     return chosen
+
+
+MAX_RANK = 4
+
+
+def check_body_order(max_body_order) -> int:
+    """The maximal rank (body order - 1) for a requested maximal body order; ValueError outside 2..5."""
+    if isinstance(max_body_order, bool) or int(max_body_order) != max_body_order or not 2 <= max_body_order <= MAX_RANK + 1:
+        raise ValueError(f"maximal body order must be an integer from 2 to {MAX_RANK + 1} (ranks 1 to "
+                         f"{MAX_RANK}), found {max_body_order!r}")
+    return int(max_body_order) - 1
+
+
+def check_limits(limits: BasisLimits, max_rank: int = MAX_RANK) -> BasisLimits:
+    """Validated per-rank limits, truncated to ranks 1..``max_rank``: as many n as l limits, n >= 1,
+    l >= 0, l = 0 for rank 1 (pair functions), at most 4 ranks. ValueError naming the problem."""
+    nrad = tuple(int(v) for v in limits.nradmax_by_rank)
+    lmax = tuple(int(v) for v in limits.lmax_by_rank)
+    if len(nrad) != len(lmax) or not nrad:
+        raise ValueError(f"basis limits need one n and one l limit per rank, found n {nrad} and l {lmax}")
+    if len(nrad) > MAX_RANK:
+        raise ValueError(f"basis limits for {len(nrad)} ranks: at most {MAX_RANK} ranks (body order 5) are supported")
+    if min(nrad) < 1 or min(lmax) < 0:
+        raise ValueError(f"basis limits must have n >= 1 and l >= 0, found n {nrad} and l {lmax}")
+    if lmax[0] != 0:
+        raise ValueError(f"rank-1 (pair) functions have l = 0: the first l limit must be 0, found {lmax[0]}")
+    return BasisLimits(nrad[:max_rank], lmax[:max_rank])
