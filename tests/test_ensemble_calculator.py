@@ -21,7 +21,7 @@ from ace_uq_calc.potential.basis import load_basis
 from ace_uq_calc.uncertainty.ensemble import ENSEMBLE_PROPERTIES
 
 from conftest import FIXTURES, fixture_file, require_shared
-from test_fitting import _labelled_frames, _teacher
+from test_fitting import _labelled_frames, _teacher, _training_file
 
 RESULT_KEYS = {"energy", "free_energy", "forces", "stress", "energies"} | set(ENSEMBLE_PROPERTIES)
 
@@ -322,9 +322,7 @@ def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_pa
     from ace_uq_calc.cli import main
     from ace_uq_calc.potential.yaml_format import read_potential_file, write_potential_file
 
-    frames = _labelled_frames(_teacher(), count=12)
-    train = tmp_path / "train.xyz"
-    ase.io.write(train, frames)
+    train = _training_file(tmp_path, 12)
     out = tmp_path / "pot.yaml"
     assert main(["fit", str(train), "-o", str(out), "--functions", "60", "--cutoff", "4.5", "--quiet",
                  "--ensemble", "3", "--test", str(train)]) == 0
@@ -343,13 +341,14 @@ def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_pa
     assert all(basis_mismatch(bases[0], b) is None for b in bases[1:])
     assert not np.array_equal(bases[0].coefficients, bases[1].coefficients)
     # the ensemble calculator from the file equals the members evaluated one by one
-    atoms = frames[0].copy()
+    first = ase.io.read(train, index=0)
+    atoms = first.copy()
     atoms.calc = calc = ACECalculator(str(ensemble_file))
     assert calc.ensemble.shared
     forces = atoms.get_forces()
     single = []
     for path in members:
-        work = frames[0].copy()
+        work = first.copy()
         work.calc = ACECalculator(str(path))
         single.append(work.get_forces())
     _assert_close(forces, np.mean(single, axis=0))

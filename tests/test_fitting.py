@@ -38,6 +38,15 @@ def _labelled_frames(pot, count=24, seed=1, e0=-0.25):
     return frames
 
 
+def _training_file(tmp_path, count):
+    """``count`` structures labelled by the teacher, written to tmp_path/train.xyz (its path)."""
+    import ase.io
+
+    path = tmp_path / "train.xyz"
+    ase.io.write(path, _labelled_frames(_teacher(), count=count))
+    return path
+
+
 def test_fit_recovers_known_coefficients():
     from ace_uq_calc.fitting.linear_fit import fit_linear
     from ace_uq_calc.potential.basis import build_basis
@@ -95,13 +104,9 @@ def test_saved_potential_reloads_bit_identical(tmp_path):
 
 
 def test_cli_fit_and_eval(tmp_path, capsys):
-    import ase.io
-
     from ace_uq_calc.cli import main
 
-    frames = _labelled_frames(_teacher(), count=12)
-    train = tmp_path / "train.xyz"
-    ase.io.write(train, frames)
+    train = _training_file(tmp_path, 12)
     out = tmp_path / "pot.yaml"
     assert main(["fit", str(train), "--test", str(train), "-o", str(out), "--functions", "60",
                  "--cutoff", "4.5", "--quiet", "--active-set", str(tmp_path / "pot.asi")]) == 0
@@ -153,14 +158,10 @@ def test_bad_basis_options_are_refused_by_name(kwargs, message):
 
 
 def test_cli_fit_basis_flags(tmp_path, capsys):
-    import ase.io
-
     from ace_uq_calc.cli import main
     from ace_uq_calc.potential.yaml_format import read_potential_file
 
-    frames = _labelled_frames(_teacher(), count=8)
-    train = tmp_path / "train.xyz"
-    ase.io.write(train, frames)
+    train = _training_file(tmp_path, 8)
     out = tmp_path / "pot.yaml"
     assert main(["fit", str(train), "-o", str(out), "--cutoff", "4.5", "--quiet", "--nmax", "5,3,2",
                  "--lmax", "0,2,1", "--radial-basis", "ChebPow"]) == 0
