@@ -531,8 +531,8 @@ def _add_fit_parsers(sub):
                    help="also write K ensemble members: OUT.ensemble/member_NN.yaml and the ensemble file "
                         "OUT.ensemble/ensemble.yaml (docs/ensembles.md)")
     p.add_argument("--ensemble-method", choices=("posterior", "bootstrap"), default="posterior",
-                   help="posterior: samples of the ridge fit's coefficient posterior (default, nearly free); "
-                        "bootstrap: refits on resampled structures")
+                   help="posterior: samples of the ridge fit's coefficient posterior, widened to match the "
+                        "validation error (default, nearly free); bootstrap: refits on resampled structures")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_fit)
 

@@ -406,6 +406,9 @@ def print_ensemble_fit(args, basis, result, train, weights) -> None:
     paths, ensemble_file = write_ensemble(members, args.output)
     print(f"\nwrote {len(paths)} ensemble members ({args.ensemble_method}) to {os.path.dirname(ensemble_file)}/, "
           f"ensemble file {ensemble_file}")
+    if args.ensemble_method == "posterior":
+        print(f"posterior spread widened by {result.posterior_scale:.3g}: the factor that makes it match the "
+              "validation split's error (the posterior alone is the coefficients' statistical uncertainty)")
     calc = ACECalculator(ensemble_file)
     print(format_table(error_table([calc], train), "\ntraining set, ensemble mean"))
     print("\n".join(ensemble_spread_lines(calc, train)))

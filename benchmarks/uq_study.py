@@ -69,7 +69,7 @@ def regime_data(regime: str):
 # ---- models ------------------------------------------------------------------------------------------------
 
 def fitted_model(train, tag: str, functions: int, ensemble: int, work: str) -> dict:
-    """Fit (or load from the cache) the model and its posterior ensemble; returns paths and fit facts."""
+    """Fit (or load from the cache) the model and its bootstrap ensemble; returns paths and fit facts."""
     from ace_uq_calc.fitting.recipe import fit
     from ace_uq_calc.potential.yaml_format import write_potential_file
 

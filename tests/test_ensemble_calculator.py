@@ -314,6 +314,12 @@ def test_members_spread_with_noisy_labels(method):
     assert np.all(coefs.std(axis=0) > 0)
     # the members scatter around the ridge solution by about its standard error, not by orders more
     assert np.abs(coefs.mean(axis=0) - result.coefficients).max() < 5 * coefs.std(axis=0).max()
+    if method == "posterior":
+        # antithetic pairs: the members' mean is the fit; the widening factor is recorded in each member
+        np.testing.assert_allclose(coefs.mean(axis=0), result.coefficients, rtol=0,
+                                   atol=1e-10 * np.abs(result.coefficients).max())
+        assert result.posterior_scale > 1.0
+        assert all(float(m.metadata["posterior_scale"]) == result.posterior_scale for m in members)
 
 
 def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_path, capsys):

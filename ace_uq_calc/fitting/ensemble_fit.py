@@ -2,11 +2,14 @@
 
 Two methods (``ace-uq fit --ensemble K --ensemble-method ...``):
 
-* ``posterior`` (default): K draws from the Gaussian posterior N(c_hat, s^2 H^-1) of the ridge fit
+* ``posterior`` (default): K draws from the Gaussian posterior N(c_hat, a^2 s^2 H^-1) of the ridge fit
   (:func:`ace_uq_calc.uncertainty.ensemble.posterior_samples`), H the regularised normal matrix of the
-  final fit and s^2 = SSE / (rows - columns) the residual variance. It reuses the normal equations of
-  the fit, so it costs one eigen-decomposition (seconds), and its spread is the fit's own statistical
-  uncertainty of the coefficients, consistent with the chosen ridge strength.
+  final fit and s^2 = SSE / (rows - columns) the residual variance. The posterior alone is only the
+  statistical uncertainty of the coefficients, far narrower than the error of a finite basis; a is the
+  factor that makes the posterior of the training-split fit predict the squared error of the
+  validation split (``FitResult.posterior_scale``, from normal equations only). Deviations are drawn
+  in pairs of opposite sign, so the members' mean is exactly the fit. It reuses the normal equations
+  of the fit, so it costs two eigen-decompositions / solves (seconds).
 * ``bootstrap``: K refits on structures resampled with replacement. The normal equations are
   assembled once per block of consecutive structures (a second assembly pass over the data) and
   recombined with multinomial bootstrap weights, so the K refits cost K linear solves. Blocks are single
@@ -37,15 +40,20 @@ DEFAULT_METHOD = "posterior"
 BOOTSTRAP_MEMORY = 2**30
 
 
-def posterior_members(basis: ACEBasis, result: FitResult, count: int, seed: int = 0) -> list:
+def posterior_members(basis: ACEBasis, result: FitResult, count: int, seed: int = 0,
+                      calibrated: bool = True) -> list:
     """``count`` coefficient vectors (m + n_elements each, E0 columns last) drawn from the posterior of
-    the ridge fit ``result`` (which must carry its normal equations)."""
+    the ridge fit ``result`` (which must carry its normal equations), widened by
+    ``result.posterior_scale`` (the factor that makes the spread match the validation error) unless
+    ``calibrated`` is False. The deviations come in pairs of opposite sign (antithetic sampling), so the
+    members' mean is the fit itself."""
     eq = result.normal_equations
     if eq is None:
         raise ValueError("the fit result carries no normal equations (fit with ace_uq_calc.fitting.fit_linear)")
     m = int(basis.function_start[-1])
+    scale = result.posterior_scale if calibrated else 1.0
     samples = posterior_samples(eq.ata, eq.atb, eq.btb, eq.rows, result.regularisation, m, count, seed=seed,
-                                e0_ridge=result.e0_ridge)
+                                e0_ridge=result.e0_ridge, scale=scale, antithetic=True)
     return [samples[k] for k in range(count)]
 
 
@@ -108,6 +116,8 @@ def ensemble_potentials(basis: ACEBasis, result: FitResult, method: str, count: 
     for k, coef in enumerate(coefs):
         pot, _ = fitted_potential(basis, coef, result.e0_offset, result.fixed_e0)
         pot.metadata = dict(pot.metadata, ensemble_method=method, ensemble_member=str(k))
+        if method == "posterior":
+            pot.metadata["posterior_scale"] = repr(float(result.posterior_scale))
         out.append(pot)
     return out
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..potential.basis import ACEBasis, build_basis
 from ..potential.yaml_format import REFERENCE_ENERGY_KEY, PotentialFile, reference_energies_of  # noqa: F401
+from ..uncertainty.ensemble import posterior_scale_from_validation
 from .design import is_linear, structure_design
 
 
@@ -514,6 +515,9 @@ class FitResult:
     #: ridge on the E0 columns used in the final solve; E0 fixed by isolated atoms (not fitted)
     e0_ridge: float = 0.0
     fixed_e0: dict = field(default_factory=dict)
+    #: widening of the posterior that makes its spread match the validation error (1 without a
+    #: validation split; see uncertainty.ensemble.posterior_scale_from_validation)
+    posterior_scale: float = 1.0
 
 
 def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, validation_fraction: float = 0.1,
@@ -577,15 +581,17 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
             coef = solve_ridge(train_eq, lam, m, e0_ridge)
             curve.append((lam, val_eq.sse(coef)))
         best = min(curve, key=lambda item: item[1])[0]
+        scale = posterior_scale_from_validation(train_eq, val_eq, best, m, e0_ridge)
         train_eq += val_eq
     else:
         best = 1e-8
+        scale = 1.0
     coef = solve_ridge(train_eq, best, m, e0_ridge)
     fitted, e0 = fitted_potential(basis, coef, offset, fixed)
     return FitResult(potential=fitted, coefficients=coef[:m], reference_energies=e0, regularisation=best,
                      validation_curve=curve, fit_time=time.perf_counter() - t0,
                      n_train=len(train_idx), n_validation=n_val, e0_offset=dict(offset),
-                     normal_equations=train_eq, e0_ridge=e0_ridge, fixed_e0=dict(fixed))
+                     normal_equations=train_eq, e0_ridge=e0_ridge, fixed_e0=dict(fixed), posterior_scale=scale)
 
 
 def fitted_potential(basis: ACEBasis, coef: np.ndarray, offset: dict, fixed: dict):
