@@ -406,9 +406,12 @@ def print_ensemble_fit(args, basis, result, train, weights) -> None:
     paths, ensemble_file = write_ensemble(members, args.output)
     print(f"\nwrote {len(paths)} ensemble members ({args.ensemble_method}) to {os.path.dirname(ensemble_file)}/, "
           f"ensemble file {ensemble_file}")
-    if args.ensemble_method == "posterior":
+    if args.ensemble_method == "posterior" and result.n_validation:
         print(f"posterior spread widened by {result.posterior_scale:.3g}: the factor that makes it match the "
               "validation split's error (the posterior alone is the coefficients' statistical uncertainty)")
+    elif args.ensemble_method == "posterior":
+        print("posterior spread NOT calibrated: fewer than 10 training structures, so no validation split; "
+              "the spread is the coefficients' statistical uncertainty only and underestimates the error")
     calc = ACECalculator(ensemble_file)
     print(format_table(error_table([calc], train), "\ntraining set, ensemble mean"))
     print("\n".join(ensemble_spread_lines(calc, train)))

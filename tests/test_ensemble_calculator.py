@@ -363,3 +363,15 @@ def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_pa
     assert "ensemble of 3" in text and "forces_dev" in text
     assert main(["eval", *map(str, members), str(train)]) == 0
     assert "ensemble of 3" in capsys.readouterr().out
+
+
+def test_posterior_members_without_validation_split_warn_and_stay_unwidened():
+    from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
+    from ace_uq_calc.fitting.linear_fit import fit_linear
+    from ace_uq_calc.potential.basis import build_basis
+
+    teacher = _teacher()
+    result = fit_linear(teacher, _labelled_frames(teacher, count=6))        # < 10 structures: no split
+    assert result.n_validation == 0 and result.posterior_scale == 1.0
+    with pytest.warns(RuntimeWarning, match="no validation split"):
+        ensemble_potentials(build_basis(result.potential), result, "posterior", 2)

@@ -25,6 +25,7 @@ files) and ``OUT.ensemble/ensemble.yaml`` listing them (an ensemble file, see
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -52,6 +53,9 @@ def posterior_members(basis: ACEBasis, result: FitResult, count: int, seed: int 
         raise ValueError("the fit result carries no normal equations (fit with ace_uq_calc.fitting.fit_linear)")
     m = int(basis.function_start[-1])
     scale = result.posterior_scale if calibrated else 1.0
+    if calibrated and not result.n_validation:
+        warnings.warn("the fit had no validation split (fewer than 10 structures): the posterior members are not "
+                      "widened and their spread underestimates the error", RuntimeWarning, stacklevel=2)
     samples = posterior_samples(eq.ata, eq.atb, eq.btb, eq.rows, result.regularisation, m, count, seed=seed,
                                 e0_ridge=result.e0_ridge, scale=scale, antithetic=True)
     return [samples[k] for k in range(count)]
