@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from .embedding import embedding_value
-from .evaluator import _FAST, _evaluate_atom, accumulate_forces
+from .evaluator import _FAST, _evaluate_atom, accumulate_forces, atom_scratch
 from .radial import quintic_switch_scalar
 
 
@@ -438,37 +438,9 @@ def evaluate_ensemble_atoms(
         mx = 1
         for i in range(lo, hi):
             mx = max(mx, first[i + 1] - first[i])
-        perm = np.empty(mx, dtype=np.int64)
-        seg = np.empty(n_elements + 1, dtype=np.int64)
-        ux = np.empty(mx)
-        uy = np.empty(mx)
-        uz = np.empty(mx)
-        inv_r = np.empty(mx)
-        rv = np.empty((ncol, mx))
-        rd = np.empty((ncol, mx))
-        q_leg = np.empty((nlm, mx))
-        p_re = np.empty((lmax + 1, mx))
-        p_im = np.empty((lmax + 1, mx))
-        y_re = np.empty((nlm, mx))
-        y_im = np.empty((nlm, mx))
-        dummy2 = np.empty((nlm, 1))
-        dummy1 = np.empty(1)
-        a1 = np.empty(n_a1)
-        a_re = np.empty(n_half)
-        a_im = np.empty(n_half)
-        af_re = np.empty(n_full)
-        af_im = np.empty(n_full)
-        v_re = np.empty(3 * max_nodes + 1)
-        v_im = np.empty(3 * max_nodes + 1)
-        b_values = np.empty(max_nf + 1)
-        rho1 = np.empty(max_nd)
-        dfsum1 = np.empty(max_nd)
-        de_db1 = np.empty(max_nf + 1)
-        w1_1 = np.empty(n_a1)
-        wf1_re = np.empty(n_full)
-        wf1_im = np.empty(n_full)
-        wh1_re = np.empty(n_half)
-        wh1_im = np.empty(n_half)
+        # the forward call's scratch; its force-pass arrays are not used by the forward call, but the
+        # radial derivatives (rd) are filled here, so they get mx columns too
+        sc = atom_scratch(mx, mx, n_elements, ncol, lmax, n_a1, n_half, n_full, max_nodes, max_nf, max_nd)
         own_energy = np.empty(n_atoms)
         own_nl = np.empty((0, 1))
         own_dens = np.empty((n_atoms, max_nd))
@@ -487,14 +459,15 @@ def evaluate_ensemble_atoms(
         w1 = np.empty((max(n_a1, 1), nmem))
         wh_re = np.empty((n_half, nmem))
         wh_im = np.empty((n_half, nmem))
-        t_re = np.empty(mx)
-        t_im = np.empty(mx)
-        u_re = np.empty(mx)
-        u_im = np.empty(mx)
-        gx = np.empty(mx)
-        gy = np.empty(mx)
-        gz = np.empty(mx)
-        gr = np.empty(mx)
+        # contraction accumulators of the reverse pass: the forward call leaves these scratch rows unused
+        t_re = sc.t_re[0]
+        t_im = sc.t_im[0]
+        u_re = sc.u_re[0]
+        u_im = sc.u_im[0]
+        gx = sc.gx
+        gy = sc.gy
+        gz = sc.gz
+        gr = sc.grad_r
         for i in range(lo, hi):
             _evaluate_atom(
                 i, species, first, neighbour, vector, distance,
@@ -507,10 +480,7 @@ def evaluate_ensemble_atoms(
                 ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
                 False, compute_projections, False,
                 own_energy, own_pg, projections, own_nl, own_dens, own_df,
-                perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, y_re, y_im,
-                dummy2, dummy2, dummy2, dummy2, dummy1, dummy1, dummy1, dummy1,
-                a1, a_re, a_im, af_re, af_im, v_re, v_im, b_values, rho1, dfsum1, de_db1,
-                w1_1, wf1_re, wf1_im, wh1_re, wh1_im,
+                sc,
             )
             _ensemble_reverse_atom(
                 i, species, first, neighbour, distance,
@@ -521,7 +491,8 @@ def evaluate_ensemble_atoms(
                 rank1_start, rank1_func, rank1_index,
                 ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
                 compute_forces, energies, pair_gradient,
-                perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, af_re, af_im, v_re, v_im, b_values,
+                sc.perm, sc.seg, sc.ux, sc.uy, sc.uz, sc.inv_r, sc.rv, sc.rd, sc.q_leg, sc.p_re, sc.p_im, sc.af_re,
+                sc.af_im, sc.v_re, sc.v_im, sc.b_values,
                 rho, dfsum, fsum, core_factor, acc_re, acc_im, jr, wf_re, wf_im, w1, wh_re, wh_im,
                 t_re, t_im, u_re, u_im, gx, gy, gz, gr,
             )

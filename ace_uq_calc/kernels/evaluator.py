@@ -34,6 +34,7 @@ results do not depend on the number of threads.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from typing import NamedTuple
 
 import numpy as np
@@ -270,6 +271,35 @@ def _axpy(y, a, x):
 
 
 # ----------------------------------------------------------------------------------------------
+# Per-chunk scratch arrays of the atom kernel
+# ----------------------------------------------------------------------------------------------
+
+#: the scratch arrays of :func:`_evaluate_atom` (allocated once per chunk of atoms by :func:`atom_scratch`)
+AtomScratch = namedtuple("AtomScratch", (
+    "perm seg ux uy uz inv_r rv rd q_leg p_re p_im y_re y_im t_re t_im u_re u_im gx gy gz grad_r "
+    "a1 a_re a_im af_re af_im v_re v_im b_values rho dfsum de_db w1 wf_re wf_im wh_re wh_im"))
+
+
+@njit(cache=True)
+def atom_scratch(mx, mf, n_elements, ncol, lmax, n_a1, n_half, n_full, max_nodes, max_nf, max_nd):
+    """Scratch arrays for atoms with at most ``mx`` neighbours; the force-pass arrays (radial
+    derivatives, contraction) get ``mf`` neighbour columns (1 when forces are not computed)."""
+    nlm = (lmax + 1) * (lmax + 2) // 2
+    return AtomScratch(
+        np.empty(mx, dtype=np.int64), np.empty(n_elements + 1, dtype=np.int64),
+        np.empty(mx), np.empty(mx), np.empty(mx), np.empty(mx),
+        np.empty((ncol, mx)), np.empty((ncol, mf)), np.empty((nlm, mx)),
+        np.empty((lmax + 1, mx)), np.empty((lmax + 1, mx)), np.empty((nlm, mx)), np.empty((nlm, mx)),
+        np.empty((nlm, mf)), np.empty((nlm, mf)), np.empty((nlm, mf)), np.empty((nlm, mf)),
+        np.empty(mf), np.empty(mf), np.empty(mf), np.empty(mf),
+        np.empty(n_a1), np.empty(n_half), np.empty(n_half), np.empty(n_full), np.empty(n_full),
+        np.empty(3 * max_nodes + 1), np.empty(3 * max_nodes + 1), np.empty(max_nf + 1),
+        np.empty(max_nd), np.empty(max_nd), np.empty(max_nf + 1),
+        np.empty(n_a1), np.empty(n_full), np.empty(n_full), np.empty(n_half), np.empty(n_half),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # One atom
 # ----------------------------------------------------------------------------------------------
 
@@ -286,14 +316,15 @@ def _evaluate_atom(
     ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
     compute_forces, compute_projections, compute_nonlinear,
     energies, pair_gradient, projections, nonlinear_projections, densities, dF_drho,
-    perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, y_re, y_im,
-    t_re, t_im, u_re, u_im, gx, gy, gz, grad_r,
-    a1, a_re, a_im, af_re, af_im, v_re, v_im, b_values, rho, dfsum, de_db,
-    w1, wf_re, wf_im, wh_re, wh_im,
+    scratch,
 ):
-    """Atom i. Neighbour quantities are stored structure-of-arrays, ``[component, neighbour]``, with
-    the neighbours grouped by species (``perm`` maps the grouped order to the CSR order, species
-    ``e`` owns ``seg[e]:seg[e + 1]``), so that the loops over neighbours are contiguous."""
+    """Atom i. ``scratch``: an :data:`AtomScratch` from :func:`atom_scratch`. Neighbour quantities are
+    stored structure-of-arrays, ``[component, neighbour]``, with the neighbours grouped by species
+    (``perm`` maps the grouped order to the CSR order, species ``e`` owns ``seg[e]:seg[e + 1]``), so
+    that the loops over neighbours are contiguous."""
+    (perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, y_re, y_im, t_re, t_im, u_re, u_im, gx, gy, gz,
+     grad_r, a1, a_re, a_im, af_re, af_im, v_re, v_im, b_values, rho, dfsum, de_db, w1, wf_re, wf_im, wh_re,
+     wh_im) = scratch
     n_elements = ndensity.shape[0]
     nlm = (lmax + 1) * (lmax + 2) // 2
     lm_full = (lmax + 1) * (lmax + 1)
@@ -710,44 +741,8 @@ def evaluate_atoms(
         mx = 1
         for i in range(lo, hi):
             mx = max(mx, first[i + 1] - first[i])
-        mf = mx if compute_forces else 1
-        perm = np.empty(mx, dtype=np.int64)
-        seg = np.empty(n_elements + 1, dtype=np.int64)
-        ux = np.empty(mx)
-        uy = np.empty(mx)
-        uz = np.empty(mx)
-        inv_r = np.empty(mx)
-        rv = np.empty((ncol, mx))
-        rd = np.empty((ncol, mf))
-        q_leg = np.empty((nlm, mx))
-        p_re = np.empty((lmax + 1, mx))
-        p_im = np.empty((lmax + 1, mx))
-        y_re = np.empty((nlm, mx))
-        y_im = np.empty((nlm, mx))
-        t_re = np.empty((nlm, mf))
-        t_im = np.empty((nlm, mf))
-        u_re = np.empty((nlm, mf))
-        u_im = np.empty((nlm, mf))
-        gx = np.empty(mf)
-        gy = np.empty(mf)
-        gz = np.empty(mf)
-        grad_r = np.empty(mf)
-        a1 = np.empty(n_a1)
-        a_re = np.empty(n_half)
-        a_im = np.empty(n_half)
-        af_re = np.empty(n_full)
-        af_im = np.empty(n_full)
-        v_re = np.empty(3 * max_nodes + 1)
-        v_im = np.empty(3 * max_nodes + 1)
-        b_values = np.empty(max_nf + 1)
-        rho = np.empty(max_nd)
-        dfsum = np.empty(max_nd)
-        de_db = np.empty(max_nf + 1)
-        w1 = np.empty(n_a1)
-        wf_re = np.empty(n_full)
-        wf_im = np.empty(n_full)
-        wh_re = np.empty(n_half)
-        wh_im = np.empty(n_half)
+        scratch = atom_scratch(mx, mx if compute_forces else 1, n_elements, ncol, lmax, n_a1, n_half, n_full,
+                               max_nodes, max_nf, max_nd)
         for i in range(lo, hi):
             _evaluate_atom(
                 i, species, first, neighbour, vector, distance,
@@ -760,10 +755,7 @@ def evaluate_atoms(
                 ndensity, embedding_weight, embedding_exponent, embedding_kind, rho_core_cut, drho_core_cut,
                 compute_forces, compute_projections, compute_nonlinear,
                 energies, pair_gradient, projections, nonlinear_projections, densities, dF_drho,
-                perm, seg, ux, uy, uz, inv_r, rv, rd, q_leg, p_re, p_im, y_re, y_im,
-                t_re, t_im, u_re, u_im, gx, gy, gz, grad_r,
-                a1, a_re, a_im, af_re, af_im, v_re, v_im, b_values, rho, dfsum, de_db,
-                w1, wf_re, wf_im, wh_re, wh_im,
+                scratch,
             )
 
 
