@@ -7,11 +7,11 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "ACECalculator": ("ace_uq_calc.calculator", "ACECalculator"),
-    "ACEBasis": ("ace_uq_calc.potential.basis", "ACEBasis"),
-    "build_basis": ("ace_uq_calc.potential.basis", "build_basis"),
-    "load_basis": ("ace_uq_calc.potential.basis", "load_basis"),
-    "PotentialFormatError": ("ace_uq_calc.potential.yaml_format", "PotentialFormatError"),
-    "read_potential_file": ("ace_uq_calc.potential.yaml_format", "read_potential_file"),
+    "ACEBasis": ("ace_uq_calc.model.basis", "ACEBasis"),
+    "build_basis": ("ace_uq_calc.model.basis", "build_basis"),
+    "load_basis": ("ace_uq_calc.model.basis", "load_basis"),
+    "PotentialFormatError": ("ace_uq_calc.model.yaml_format", "PotentialFormatError"),
+    "read_potential_file": ("ace_uq_calc.model.yaml_format", "read_potential_file"),
     "ActiveSet": ("ace_uq_calc.uncertainty.active_set", "ActiveSet"),
 }
 

@@ -15,8 +15,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .evaluation import NeighbourListCache, _Threads, evaluate, kernel_threads
 from .kernels.gamma import extrapolation_grades
-from .potential.basis import ACEBasis, load_basis
-from .potential.yaml_format import reference_energies_of
+from .model.basis import ACEBasis, load_basis
+from .model.yaml_format import reference_energies_of
 from .uncertainty.ensemble import ENSEMBLE_PROPERTIES
 
 #: Default neighbour-list skin in Angstrom (see ACECalculator).

@@ -19,7 +19,7 @@ import time
 
 
 def _cmd_info(args):
-    from .potential.basis import load_basis
+    from .model.basis import load_basis
 
     basis = load_basis(args.potential)
     pot = basis.potential
@@ -432,8 +432,8 @@ def _cmd_fit(args):
     from .fitting.linear_fit import FitWeights
     from .fitting.metrics import error_table, format_table
     from .fitting.recipe import fit
-    from .potential.basis import build_basis
-    from .potential.yaml_format import write_potential_file
+    from .model.basis import build_basis
+    from .model.yaml_format import write_potential_file
 
     train = [a for path in args.training for a in ase.io.read(path, index=":")]
     weights = FitWeights(energy=args.energy_weight, forces=args.force_weight, stress=args.stress_weight)
@@ -506,7 +506,7 @@ def _add_fit_parsers(sub):
     from .fitting.recipe import (
         DEFAULT_CUTOFF, DEFAULT_FUNCTIONS, DEFAULT_MAX_BODY_ORDER, DEFAULT_RADIAL_BASIS, DEFAULT_WEIGHTS,
     )
-    from .potential.yaml_format import RADIAL_BASES
+    from .model.yaml_format import RADIAL_BASES
 
     p = sub.add_parser("fit", help="fit a linear ACE potential to labelled structures (extended XYZ)")
     p.add_argument("training", nargs="+", help="training structures with energies (and forces, stress)")

@@ -28,8 +28,8 @@ from .evaluation import (
 )
 from .kernels.checks import all_finite
 from .kernels.ensemble import EnsembleTree, accumulate_ensemble_forces, ensemble_tree, evaluate_ensemble_atoms
-from .potential.basis import ACEBasis, load_basis
-from .potential.yaml_format import PotentialFormatError, reference_energies_of
+from .model.basis import ACEBasis, load_basis
+from .model.yaml_format import PotentialFormatError, reference_energies_of
 
 #: top-level key of an ensemble file (a YAML list of member paths, relative to the file)
 ENSEMBLE_FILE_KEY = "ace_uq_ensemble"

@@ -15,7 +15,7 @@ import numpy as np
 from .kernels.checks import all_finite, max_squared_displacement, neighbour_list_summary, species_in_range
 from .kernels.evaluator import KernelLayout, accumulate_forces, evaluate_atoms, kernel_layout
 from .kernels.neighbours import NeighbourList, build_neighbour_list, minimum_pair_distance, refresh_neighbour_list
-from .potential.basis import ACEBasis
+from .model.basis import ACEBasis
 
 #: Pairs closer than this (Angstrom) are rejected: the radial tables of pacemaker start at one knot.
 MIN_PAIR_DISTANCE = 1e-3

@@ -12,7 +12,7 @@ import numpy as np
 from ase import Atoms
 
 from ace_uq_calc import ACECalculator
-from ace_uq_calc.potential.basis import load_basis
+from ace_uq_calc.model.basis import load_basis
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "pacemaker"
 

@@ -67,7 +67,7 @@ def time_calls(atoms, calc, calls: int, ensemble: bool) -> float:
 def random_members(count: int):
     import numpy as np
 
-    from ace_uq_calc.potential.basis import load_basis
+    from ace_uq_calc.model.basis import load_basis
 
     path = FIXTURE if FIXTURE.exists() else LOCAL_FIXTURE
     basis = load_basis(str(path))

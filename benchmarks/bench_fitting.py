@@ -69,7 +69,7 @@ def run_case(name: str, train, test, args) -> dict:
     from ace_uq_calc import ACECalculator
     from ace_uq_calc.fitting.metrics import error_table
     from ace_uq_calc.fitting.recipe import DEFAULT_CUTOFF, fit
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     print(f"\n== {name}: {len(train)} training structures ({sum(len(a) for a in train)} atoms), "
           f"{len(test)} test structures ({sum(len(a) for a in test)} atoms)", flush=True)
@@ -78,7 +78,7 @@ def run_case(name: str, train, test, args) -> dict:
     wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
     basis = build_basis(result.potential)
     if args.save_dir:
-        from ace_uq_calc.potential.yaml_format import write_potential_file
+        from ace_uq_calc.model.yaml_format import write_potential_file
 
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         write_potential_file(result.potential, Path(args.save_dir) / f"{name}.yaml")

@@ -39,7 +39,7 @@ def read(name):
 
 def fitted_model(train, tag, functions, cache):
     from ace_uq_calc.fitting.recipe import fit
-    from ace_uq_calc.potential.yaml_format import write_potential_file
+    from ace_uq_calc.model.yaml_format import write_potential_file
 
     path = os.path.join(cache, f"W_{tag}_{functions}.yaml")
     if not os.path.exists(path):
@@ -52,7 +52,7 @@ def fitted_model(train, tag, functions, cache):
 
 def projections_of(potential, frames, key, cache):
     """(projections (n_atoms, m), structure index (n_atoms,)) cached as .npy."""
-    from ace_uq_calc.potential.basis import load_basis
+    from ace_uq_calc.model.basis import load_basis
     from ace_uq_calc.uncertainty.projections import structure_projections
 
     path = os.path.join(cache, f"{key}.npz")

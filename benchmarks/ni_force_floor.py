@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from ace_uq_calc.fitting.basis_construction import BasisLimits
     from ace_uq_calc.fitting.metrics import error_table
     from ace_uq_calc.fitting.recipe import fit
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     data = Path(args.data)
     if not (data / "Ni_train.xyz").exists():

@@ -71,7 +71,7 @@ def regime_data(regime: str):
 def fitted_model(train, tag: str, functions: int, ensemble: int, work: str) -> dict:
     """Fit (or load from the cache) the model and its bootstrap ensemble; returns paths and fit facts."""
     from ace_uq_calc.fitting.recipe import fit
-    from ace_uq_calc.potential.yaml_format import write_potential_file
+    from ace_uq_calc.model.yaml_format import write_potential_file
 
     base = os.path.join(work, f"W_{tag}_{functions}")
     info_path = base + ".json"
@@ -80,7 +80,7 @@ def fitted_model(train, tag: str, functions: int, ensemble: int, work: str) -> d
             return json.load(fh)
     from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
     from ace_uq_calc.fitting.recipe import DEFAULT_WEIGHTS
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     t0 = time.perf_counter()
     result = fit(train, cutoff=CUTOFF, functions=functions)
@@ -96,7 +96,7 @@ def fitted_model(train, tag: str, functions: int, ensemble: int, work: str) -> d
         write_potential_file(member, path)
         paths.append(path)
     members = paths
-    from ace_uq_calc.potential.basis import load_basis
+    from ace_uq_calc.model.basis import load_basis
 
     info = {"potential": base + ".yaml", "members": members, "fit_time": fit_time, "ensemble_time": ensemble_time,
             "functions": int(load_basis(base + ".yaml").nfunc["W"]), "ridge": float(result.regularisation)}
@@ -107,7 +107,7 @@ def fitted_model(train, tag: str, functions: int, ensemble: int, work: str) -> d
 
 def projections(potential: str, frames, key: str, work: str) -> np.ndarray:
     """Per-atom linear B-projections (n_atoms, m) in frame order (cached)."""
-    from ace_uq_calc.potential.basis import load_basis
+    from ace_uq_calc.model.basis import load_basis
     from ace_uq_calc.uncertainty.projections import structure_projections
 
     path = os.path.join(work, f"{key}.npy")

@@ -20,7 +20,7 @@ import ase.io
 from ace_uq_calc import ACECalculator
 from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
 from ace_uq_calc.fitting.recipe import DEFAULT_WEIGHTS, fit
-from ace_uq_calc.potential.basis import build_basis
+from ace_uq_calc.model.basis import build_basis
 from ace_uq_calc.report.collect import collect
 from ace_uq_calc.report.uq_report import write_report
 from ace_uq_calc.uncertainty.build import build_active_set

@@ -19,8 +19,8 @@ import ase.io
 from ace_uq_calc import ACECalculator
 from ace_uq_calc.fitting.metrics import error_table
 from ace_uq_calc.fitting.recipe import fit
-from ace_uq_calc.potential.basis import build_basis
-from ace_uq_calc.potential.yaml_format import write_potential_file
+from ace_uq_calc.model.basis import build_basis
+from ace_uq_calc.model.yaml_format import write_potential_file
 from ace_uq_calc.uncertainty.build import build_active_set
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ def _training_frames(seed=0, count=12):
 
 @pytest.fixture(scope="module")
 def alni_basis():
-    from ace_uq_calc.potential.basis import load_basis
+    from ace_uq_calc.model.basis import load_basis
 
     return load_basis(fixture_file("AlNi_fs.yaml"))
 

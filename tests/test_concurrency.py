@@ -23,7 +23,7 @@ from ase.build import bulk
 from conftest import PROJECT_ROOT, fixture_file
 
 from ace_uq_calc import ACECalculator, ActiveSet
-from ace_uq_calc.potential.basis import load_basis
+from ace_uq_calc.model.basis import load_basis
 
 
 def _structures(seed, count, symbol, size, lattice):

@@ -1,4 +1,4 @@
-"""Tests of ace_uq_calc.potential.coupling (CG, generalized CG, lint validation).
+"""Tests of ace_uq_calc.model.coupling (CG, generalized CG, lint validation).
 
 References: pyace component values (fixture), an independent construction of the coupled states
 with the lowering operator, orthogonality relations, closed forms, equivalence of the full and the
@@ -16,7 +16,7 @@ import yaml
 
 from conftest import FIXTURES, require_shared
 
-from ace_uq_calc.potential.coupling import (
+from ace_uq_calc.model.coupling import (
     clebsch_gordan,
     clebsch_gordan_squared,
     complete_lint,

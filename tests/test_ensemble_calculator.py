@@ -17,7 +17,7 @@ from ace_uq_calc.ensemble_evaluation import (
     EnsembleModel, basis_mismatch, evaluate_ensemble, evaluate_shared, read_ensemble_file, write_ensemble_file,
 )
 from ace_uq_calc.evaluation import evaluate
-from ace_uq_calc.potential.basis import load_basis
+from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.uncertainty.ensemble import ENSEMBLE_PROPERTIES
 
 from conftest import FIXTURES, fixture_file, require_shared
@@ -219,7 +219,7 @@ def test_implemented_properties_cover_every_result_and_single_models_keep_workin
 
 
 def test_reference_energies_are_per_member(tmp_path):
-    from ace_uq_calc.potential.yaml_format import REFERENCE_ENERGY_KEY, read_potential_file, write_potential_file
+    from ace_uq_calc.model.yaml_format import REFERENCE_ENERGY_KEY, read_potential_file, write_potential_file
 
     pot = read_potential_file(fixture_file("Cu_fs500.yaml"))
     paths = []
@@ -280,7 +280,7 @@ def test_ensemble_members_scatter_around_the_truth_of_noise_free_data(method):
     recovers the truth closely, and the members differ from each other only a little."""
     from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
     from ace_uq_calc.fitting.linear_fit import FitWeights, fit_linear
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     truth = build_basis(teacher).coefficients[:, 0]
@@ -299,7 +299,7 @@ def test_ensemble_members_scatter_around_the_truth_of_noise_free_data(method):
 def test_members_spread_with_noisy_labels(method):
     from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
     from ace_uq_calc.fitting.linear_fit import FitWeights, fit_linear
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     frames = _labelled_frames(teacher, count=24)
@@ -326,7 +326,7 @@ def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_pa
     import ase.io
 
     from ace_uq_calc.cli import main
-    from ace_uq_calc.potential.yaml_format import read_potential_file, write_potential_file
+    from ace_uq_calc.model.yaml_format import read_potential_file, write_potential_file
 
     train = _training_file(tmp_path, 12)
     out = tmp_path / "pot.yaml"
@@ -368,7 +368,7 @@ def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_pa
 def test_posterior_members_without_validation_split_warn_and_stay_unwidened():
     from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
     from ace_uq_calc.fitting.linear_fit import fit_linear
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     result = fit_linear(teacher, _labelled_frames(teacher, count=6))        # < 10 structures: no split

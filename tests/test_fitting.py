@@ -49,7 +49,7 @@ def _training_file(tmp_path, count):
 
 def test_fit_recovers_known_coefficients():
     from ace_uq_calc.fitting.linear_fit import fit_linear
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     frames = _labelled_frames(teacher)
@@ -61,7 +61,7 @@ def test_fit_recovers_known_coefficients():
 
 def test_streamed_assembly_equals_dense():
     from ace_uq_calc.fitting.linear_fit import FitWeights, _norms, assemble, structure_rows
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     basis = build_basis(teacher)
@@ -81,7 +81,7 @@ def test_streamed_assembly_equals_dense():
 def test_saved_potential_reloads_bit_identical(tmp_path):
     from ace_uq_calc import ACECalculator
     from ace_uq_calc.fitting.linear_fit import fit_linear
-    from ace_uq_calc.potential.yaml_format import read_potential_file, write_potential_file
+    from ace_uq_calc.model.yaml_format import read_potential_file, write_potential_file
 
     teacher = _teacher()
     frames = _labelled_frames(teacher, count=12)
@@ -159,7 +159,7 @@ def test_bad_basis_options_are_refused_by_name(kwargs, message):
 
 def test_cli_fit_basis_flags(tmp_path, capsys):
     from ace_uq_calc.cli import main
-    from ace_uq_calc.potential.yaml_format import read_potential_file
+    from ace_uq_calc.model.yaml_format import read_potential_file
 
     train = _training_file(tmp_path, 8)
     out = tmp_path / "pot.yaml"
@@ -192,7 +192,7 @@ def test_fit_recovers_a_three_element_potential():
     data labelled by a known linear ACE returns its coefficients and per-element reference energies."""
     from ace_uq_calc import ACECalculator
     from ace_uq_calc.fitting.linear_fit import fit_linear
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _ternary_teacher()
     assert any(len(set(s.neighbours)) == 3 for s in teacher.functions["Al"])

@@ -10,8 +10,8 @@ from conftest import fixture_file
 
 def _linearised(path, seed=0, core=False):
     """A linear (one density, F = rho) version of a fixture potential with random coefficients."""
-    from ace_uq_calc.potential.basis import build_basis
-    from ace_uq_calc.potential.yaml_format import read_potential_file
+    from ace_uq_calc.model.basis import build_basis
+    from ace_uq_calc.model.yaml_format import read_potential_file
 
     pot = read_potential_file(path)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from test_fitting import _labelled_frames, _teacher
 
 def test_parallel_assembly_is_bit_identical_to_serial(monkeypatch):
     import ace_uq_calc.fitting.linear_fit as lf
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     basis = build_basis(teacher)
@@ -30,7 +30,7 @@ def test_parallel_assembly_is_bit_identical_to_serial(monkeypatch):
 
 def test_worker_error_is_raised_with_its_traceback(monkeypatch):
     import ace_uq_calc.fitting.linear_fit as lf
-    from ace_uq_calc.potential.basis import build_basis
+    from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     basis = build_basis(teacher)

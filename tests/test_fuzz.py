@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from conftest import fixture_file
 
 from ace_uq_calc import ACECalculator, ActiveSet
-from ace_uq_calc.potential.basis import load_basis
+from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.uncertainty.projections import structure_projections
 
 MIN_DISTANCE = 0.5          # Angstrom, between any two atoms or images

@@ -10,7 +10,7 @@ from ase.build import bulk
 from ace_uq_calc import ACECalculator
 from ace_uq_calc.cli import main
 from ace_uq_calc.demo import example_files
-from ace_uq_calc.potential.basis import load_basis
+from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.uncertainty.active_set import AceUqWarning, build_active_set_from_projections
 from ace_uq_calc.uncertainty.local import (
     LocalActiveSet, build_cluster_set, build_local_active_set, build_local_active_set_from_projections,
@@ -313,7 +313,7 @@ def test_cli_local_activeset_evaluate_and_md(potential, training, tmp_path, caps
 def test_ensemble_calculator_grades_with_the_local_set_of_its_shared_basis(potential, local_labels):
     """Members sharing one basis have identical projections: an ensemble calculator's gamma_local and
     gamma_cluster equal those of a single-model calculator of its first member."""
-    from ace_uq_calc.potential.yaml_format import read_potential_file
+    from ace_uq_calc.model.yaml_format import read_potential_file
 
     first = read_potential_file(potential)
     second = read_potential_file(potential)

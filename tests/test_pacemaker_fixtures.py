@@ -13,7 +13,7 @@ _cache = {}
 
 def reference(name):
     if name not in _cache:
-        from ace_uq_calc.potential.basis import load_basis
+        from ace_uq_calc.model.basis import load_basis
 
         z = np.load(fixture_file(f"{name}_reference.npz"))
         _cache[name] = (load_basis(fixture_file(f"{name}.yaml")), {k: z[k] for k in z.files})

@@ -24,7 +24,7 @@ from ace_uq_calc import ACECalculator, ActiveSet
 from ace_uq_calc.evaluation import PARALLEL_MIN_ATOMS, NeighbourListCache
 from ace_uq_calc.kernels.gamma import extrapolation_grades
 from ace_uq_calc.kernels.neighbours import build_neighbour_list
-from ace_uq_calc.potential.basis import load_basis
+from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.uncertainty.grades import extrapolation_grade, gamma_amplification
 
 

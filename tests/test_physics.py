@@ -37,7 +37,7 @@ def basis(name):
     """The loaded basis of a shared potential (loaded once per session)."""
     path = require_shared(FIXTURES / f"{name}.yaml")
     if name not in _BASES:
-        from ace_uq_calc.potential.basis import load_basis
+        from ace_uq_calc.model.basis import load_basis
 
         _BASES[name] = load_basis(path)
     return _BASES[name]

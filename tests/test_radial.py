@@ -14,8 +14,8 @@ from conftest import FIXTURES, require_shared
 
 from ace_uq_calc.kernels.embedding import embedding_value
 from ace_uq_calc.kernels.radial import evaluate_radial_table, quintic_switch_scalar
-from ace_uq_calc.potential.embedding import embedding
-from ace_uq_calc.potential.radial import (
+from ace_uq_calc.model.embedding import embedding
+from ace_uq_calc.model.radial import (
     BondParameters,
     build_radial_table,
     core_repulsion,

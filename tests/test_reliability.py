@@ -28,8 +28,8 @@ from conftest import FIXTURES, PROJECT_ROOT, fixture_file, require_shared
 
 from ace_uq_calc import ACECalculator, ActiveSet, PotentialFormatError
 from ace_uq_calc.evaluation import MAX_NEIGHBOURS_PER_ATOM, MIN_PAIR_DISTANCE, evaluate
-from ace_uq_calc.potential.basis import load_basis
-from ace_uq_calc.potential.yaml_format import PotentialFormatWarning, read_potential_file
+from ace_uq_calc.model.basis import load_basis
+from ace_uq_calc.model.yaml_format import PotentialFormatWarning, read_potential_file
 
 ALNI_NFUNC = 110          # functions per element of AlNi_fs (pacemaker-format.md 13.1)
 
@@ -346,7 +346,7 @@ _HANG_SCRIPT = textwrap.dedent(r"""
         "rank 6, l = 20": lambda d, b: b["nbody"].append(
             {"type": "Al " * 6 + "Al", "nr": [1] * 6, "nl": [20] * 6, "lint": [20] * 4, "c": [1.0, 1.0]}),
     }
-    from ace_uq_calc.potential.basis import load_basis
+    from ace_uq_calc.model.basis import load_basis
     for name, edit in edits.items():
         d = copy.deepcopy(doc)
         edit(d, next(b for b in d["species"] if b["speciesblock"] == "Al"))
@@ -663,7 +663,7 @@ _REWRITER = textwrap.dedent(r"""
 
     atomic_io.os.fsync = slow_fsync
     if kind == "potential":
-        from ace_uq_calc.potential.yaml_format import read_potential_file, write_potential_file
+        from ace_uq_calc.model.yaml_format import read_potential_file, write_potential_file
         versions = [read_potential_file(source_a), read_potential_file(source_b)]
         write = lambda version: write_potential_file(version, target)
     elif kind == "active_set":
@@ -699,7 +699,7 @@ def _versions(kind, tmp_path):
     import ase.io
 
     if kind == "potential":
-        from ace_uq_calc.potential.yaml_format import format_potential, write_potential_file
+        from ace_uq_calc.model.yaml_format import format_potential, write_potential_file
 
         a = read_potential_file(fixture_file("AlNi_fs.yaml"))
         b = copy.deepcopy(a)

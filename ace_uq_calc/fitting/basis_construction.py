@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..potential.yaml_format import BondSpec, EmbeddingSpec, FunctionSpec, PotentialFile
+from ..model.yaml_format import BondSpec, EmbeddingSpec, FunctionSpec, PotentialFile
 
 
 @dataclass
@@ -127,7 +127,7 @@ def prune_dependent_functions(pot: PotentialFile, relative_tolerance: float = 1e
     (lower rank first) and a function is kept only if its residual exceeds ``relative_tolerance`` times
     its norm. Returns a new PotentialFile (the input is not modified).
     """
-    from ..potential.basis import build_basis
+    from ..model.basis import build_basis
     from ..uncertainty.projections import structure_projections
 
     basis = build_basis(pot)

@@ -13,7 +13,7 @@ import numpy as np
 from ..evaluation import evaluate
 from ..kernels.fitting import linear_design_rows
 from ..kernels.neighbours import build_neighbour_list
-from ..potential.basis import ACEBasis
+from ..model.basis import ACEBasis
 
 
 @dataclass

@@ -29,8 +29,8 @@ import warnings
 
 import numpy as np
 
-from ..potential.basis import ACEBasis
-from ..potential.yaml_format import write_potential_file
+from ..model.basis import ACEBasis
+from ..model.yaml_format import write_potential_file
 from ..uncertainty.ensemble import posterior_samples
 from .linear_fit import FitResult, NormalEquations, _assemble_chunk, _norms, fitted_potential, solve_ridge
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..potential.basis import ACEBasis, build_basis
-from ..potential.yaml_format import REFERENCE_ENERGY_KEY, PotentialFile, reference_energies_of  # noqa: F401
+from ..model.basis import ACEBasis, build_basis
+from ..model.yaml_format import REFERENCE_ENERGY_KEY, PotentialFile, reference_energies_of  # noqa: F401
 from ..uncertainty.ensemble import posterior_scale_from_validation
 from .design import is_linear, structure_design
 

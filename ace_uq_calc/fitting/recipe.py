@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from ..potential.yaml_format import RADIAL_BASES
+from ..model.yaml_format import RADIAL_BASES
 from .basis_construction import (
     BasisLimits, basis_for_size, check_body_order, check_limits, count_functions, new_potential,
     prune_dependent_functions,

@@ -1,7 +1,7 @@
 """Numba kernels of the B-basis ACE evaluator: A-basis, B-basis, embedding, and the reverse pass.
 
 Nothing here knows about ASE. Inputs are the flat arrays of :class:`KernelLayout` (built once per
-potential by :func:`kernel_layout` from :class:`ace_uq_calc.potential.basis.ACEBasis`; see that
+potential by :func:`kernel_layout` from :class:`ace_uq_calc.model.basis.ACEBasis`; see that
 module for the index conventions) plus a CSR neighbour list. Units: Angstrom, eV, eV/Angstrom.
 
 Per atom i the kernel

@@ -7,7 +7,7 @@ the energy row sum_i B_f(i) (eV per unit coefficient), D (3N, m) and V (9, m).
 
 Per atom, the Jacobian dB_f/dA of every function (complex, m x nA) is contracted with
 dA/dr_ij of all neighbours of one species at a time by two real matrix products (BLAS).
-Index conventions as in :mod:`ace_uq_calc.potential.basis`.
+Index conventions as in :mod:`ace_uq_calc.model.basis`.
 """
 import numpy as np
 from numba import njit

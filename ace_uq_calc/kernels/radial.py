@@ -3,7 +3,7 @@
 A table of one ordered bond is a C-contiguous float64 array ``coefficients[j, c, 0:4]``: the cubic
 Hermite coefficients c0..c3 of column c on the interval j, which covers [j hh, (j + 1) hh) with the
 knot spacing hh = 1 / scale (Angstrom). Rows 0 and nlut hold zeros. The tables are built by
-:func:`ace_uq_calc.potential.radial.build_radial_table`.
+:func:`ace_uq_calc.model.radial.build_radial_table`.
 """
 import math
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..potential.basis import ACEBasis, load_basis
+from ..model.basis import ACEBasis, load_basis
 from .active_set import ActiveSet, build_active_set_from_projections
 from .projections import iterate_element_batches, projection_width, structure_projections
 

@@ -615,7 +615,7 @@ def build_local_active_set_from_projections(projections_by_element: Mapping, lab
 
 def training_projections(potential, frames, nonlinear: bool = False, cluster_by: str | None = None):
     """(projections by element, labels by element or None) of the training frames (all in memory)."""
-    from ..potential.basis import load_basis
+    from ..model.basis import load_basis
     from .projections import projection_width, structure_projections
 
     basis = load_basis(potential)
@@ -732,7 +732,7 @@ def min_grade_over_models(models, atoms):
     objects), e.g. one model per labelled subset as in the UQ study. Each model's own projections are
     graded against its own active set; an atom counts as interpolative if ANY model covers it.
     """
-    from ..potential.basis import load_basis
+    from ..model.basis import load_basis
     from .active_set import ActiveSet
     from .projections import structure_projections
 

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..evaluation import evaluate
-from ..potential.basis import ACEBasis
+from ..model.basis import ACEBasis
 
 
 def structure_projections(basis: ACEBasis, atoms, nonlinear: bool = False) -> tuple[np.ndarray, np.ndarray]:

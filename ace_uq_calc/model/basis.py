@@ -1,6 +1,6 @@
 """Turn a parsed potential file into the flat arrays the Numba kernels evaluate.
 
-Data flow: ``.yaml`` -> :class:`~ace_uq_calc.potential.yaml_format.PotentialFile` ->
+Data flow: ``.yaml`` -> :class:`~ace_uq_calc.model.yaml_format.PotentialFile` ->
 :class:`ACEBasis` (this module: function order, coupling coefficients, radial tables) -> kernels.
 
 Index conventions used by the kernels (all 0-based):

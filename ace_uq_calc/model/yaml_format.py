@@ -2,7 +2,7 @@
 
 The format is specified in ``shared/docs/pacemaker-format.md`` (section 2). This module
 only turns the file into plain Python objects (:class:`PotentialFile`); building the
-evaluation tables from them is the job of :mod:`ace_uq_calc.potential.basis`.
+evaluation tables from them is the job of :mod:`ace_uq_calc.model.basis`.
 
 Units: distances in Angstrom, energies in eV.
 """
