@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation import (
-    NeighbourListCache, _Threads, basis_layout, checked_neighbour_list, evaluate, kernel_basis_arguments,
-    kernel_threads, prepared_structure,
+    NeighbourListCache, _Threads, checked_neighbour_list, evaluate, kernel_threads, prepared_structure,
 )
 from .kernels.checks import all_finite
-from .kernels.ensemble import EnsembleTree, accumulate_ensemble_forces, ensemble_tree, evaluate_ensemble_atoms
+from .kernels.ensemble import accumulate_ensemble_forces, evaluate_ensemble_atoms
+from .kernels.inputs import EnsembleTree, ensemble_tree
+from .model.kernel_inputs import basis_arrays, basis_layout
 from .model.basis import ACEBasis, load_basis
 from .model.yaml_format import PotentialFormatError, reference_energies_of
 
@@ -230,13 +231,8 @@ def evaluate_shared(basis: ACEBasis, member_coefficients: np.ndarray, positions,
         pair_gradient = np.empty((nmem, len(nl.distance) if forces else 0, 3))
         proj = np.zeros((n_atoms if projections else 0, basis.max_nfunc))
         if n_atoms:
-            evaluate_ensemble_atoms(
-                species, nl.first, nl.index, nl.vector, nl.distance,
-                *kernel_basis_arguments(basis, coef),
-                forces, projections, min(n_atoms, threads),
-                *tree,
-                energies, pair_gradient, proj,
-            )
+            evaluate_ensemble_atoms(species, nl, basis_arrays(basis), basis_layout(basis), coef, tree, forces,
+                                    projections, min(n_atoms, threads), energies, pair_gradient, proj)
     force_arr = virial = None
     if forces:
         force_arr = np.empty((nmem, n_atoms, 3))

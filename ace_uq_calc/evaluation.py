@@ -13,7 +13,9 @@ import numba
 import numpy as np
 
 from .kernels.checks import all_finite, max_squared_displacement, neighbour_list_summary, species_in_range
-from .kernels.evaluator import KernelLayout, accumulate_forces, evaluate_atoms, kernel_layout
+from .kernels.evaluator import accumulate_forces, evaluate_atoms
+from .kernels.inputs import AtomOutputs
+from .model.kernel_inputs import basis_arrays, basis_layout
 from .kernels.neighbours import NeighbourList, build_neighbour_list, minimum_pair_distance, refresh_neighbour_list
 from .model.basis import ACEBasis
 
@@ -38,15 +40,6 @@ class Evaluation:
     densities: np.ndarray          # (N, max ndensity)
     dF_drho: np.ndarray            # (N, max ndensity)
     neighbour_count: np.ndarray    # (N,) number of neighbours within the bond cut-offs
-
-
-def basis_layout(basis: ACEBasis) -> KernelLayout:
-    """The kernel layout of a basis (built on first use and kept on the basis object)."""
-    layout = basis.__dict__.get("_kernel_layout")
-    if layout is None:
-        layout = kernel_layout(basis)
-        basis.__dict__["_kernel_layout"] = layout
-    return layout
 
 
 def check_structure(positions, cell, pbc):
@@ -243,27 +236,6 @@ def prepared_structure(basis: ACEBasis, positions, cell, pbc, species):
     return positions, cell, pbc, species
 
 
-def kernel_basis_arguments(basis: ACEBasis, coefficients) -> tuple:
-    """The basis arguments of :func:`~ace_uq_calc.kernels.evaluator.evaluate_atoms` and of the ensemble
-    kernel, from the radial table to ``drho_core_cut``, in their order; ``coefficients`` is the
-    model's (F, ndensity) or an ensemble's (F, ndensity, K) array."""
-    layout = basis_layout(basis)
-    return (
-        layout.table, basis.radial_scale, basis.radial_nlut, basis.bond_r_in, basis.bond_delta_in,
-        basis.zbl, basis.cutoff_max,
-        basis.nradbase, basis.nradmax, basis.lmax, layout.lm_l, layout.lm_m, layout.harmonic_norm,
-        layout.rec_a, layout.rec_b, layout.diag,
-        basis.function_start, coefficients, layout.node_start, layout.node_parent,
-        layout.node_factor, layout.function_contrib, layout.contrib_node, layout.contrib_coef,
-        layout.ncontrib_start, layout.ncontrib_node, layout.ncontrib_func, layout.ncontrib_coef,
-        layout.factor_ptr, layout.factor_nodes,
-        layout.rank1_start, layout.rank1_func, layout.rank1_index,
-        layout.max_nodes,
-        basis.ndensity, basis.embedding_weight, basis.embedding_exponent, basis.embedding_kind,
-        basis.rho_core_cut, basis.drho_core_cut,
-    )
-
-
 def checked_neighbour_list(basis: ACEBasis, positions, cell, pbc, species, neighbour_list=None,
                            neighbour_cache: "NeighbourListCache | None" = None):
     """The neighbour list for an evaluation (the caller's, the cache's or a new one), checked: no atom
@@ -328,12 +300,9 @@ def evaluate(
         densities = np.zeros((n_atoms, max_nd))
         dF = np.zeros((n_atoms, max_nd))
         if n_atoms:
-            evaluate_atoms(
-                species, nl.first, nl.index, nl.vector, nl.distance,
-                *kernel_basis_arguments(basis, basis.coefficients),
-                forces, projections, nonlinear, min(n_atoms, threads),
-                energies, pair_gradient, proj, nlproj, densities, dF,
-            )
+            evaluate_atoms(species, nl, basis_arrays(basis), basis_layout(basis), basis.coefficients, forces,
+                           projections, nonlinear, min(n_atoms, threads),
+                           AtomOutputs(energies, pair_gradient, proj, nlproj, densities, dF))
     force_arr = virial = None
     if forces:
         force_arr = np.empty((n_atoms, 3))
