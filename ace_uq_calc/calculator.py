@@ -4,23 +4,30 @@
 >>> atoms.calc = ACECalculator("Cu.yaml", active_set="Cu.asi")
 >>> atoms.get_potential_energy(); atoms.calc.results["gamma"]
 
+The ASE layer only: ``Atoms`` -> arrays -> :func:`ace_uq_calc.engine.results.model_results` -> ``results``.
 Units: energy eV, forces eV/Angstrom, stress eV/Angstrom^3 (ASE Voigt order xx yy zz yz xz xy,
 positive when the energy rises on expansion), gamma dimensionless.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .evaluation import NeighbourListCache, _Threads, evaluate, kernel_threads
-from .kernels.gamma import extrapolation_grades
-from .model.basis import ACEBasis, load_basis
-from .model.yaml_format import reference_energies_of
-from .uncertainty.ensemble import ENSEMBLE_PROPERTIES
+from .engine.model import Model
+from .engine.results import model_results
+from .engine.statistics import ENSEMBLE_PROPERTIES
+from .engine.threads import checked_thread_count
+from .model.basis import ACEBasis
+from .model.ensemble_file import member_list
+from .uncertainty.active_set import ActiveSet
+from .uncertainty.calibration import ErrorCalibration
+from .uncertainty.local_active_set import LocalActiveSet
 
 #: Default neighbour-list skin in Angstrom (see ACECalculator).
 DEFAULT_SKIN = 0.5
+
+_GAMMA_PROPERTIES = {"gamma", "max_gamma"}
+_LOCAL_PROPERTIES = {"gamma_local", "gamma_cluster", "max_gamma_local"}
 
 
 class ACECalculator(Calculator):
@@ -29,12 +36,16 @@ class ACECalculator(Calculator):
 
     Parameters
     ----------
-    potential : path, PotentialFile or ACEBasis
-        The model.
+    potential : path, PotentialFile or ACEBasis, or a list of them, or an ensemble file
+        The model. Several potentials (a list, an ensemble file, or ``ensemble=``) make an ensemble
+        calculator: it returns the members' mean energy, forces, stress, energies and their spreads
+        ``energy_std``, ``energies_std`` (N), ``forces_std`` (N, 3), ``stress_std`` (6) and
+        ``forces_dev`` (N), eV and eV/A (docs/ensembles.md); members sharing one basis are evaluated in
+        one descriptor pass. Grades (active sets) apply to the first member.
     active_set : path or ActiveSet, optional
         pacemaker ``.asi`` file (linear or non-linear); adds ``gamma`` (N,) and ``max_gamma``.
     compute_gamma : bool
-        Set False to skip gamma even when an active set is loaded.
+        Set False to skip the grades even when active sets are loaded.
     reference_energies : bool
         Add the one-body reference energies E0 (eV per atom of each element) that ace_uq_calc's
         fitting stores in the potential's metadata (default True). pacemaker and LAMMPS ignore
@@ -42,28 +53,22 @@ class ACECalculator(Calculator):
     num_threads : int, optional
         Numba threads for this calculator's kernels (1 .. ``numba.config.NUMBA_NUM_THREADS``); default:
         Numba's current setting (``NUMBA_NUM_THREADS``, all cores unless set). Structures below
-        ``evaluation.PARALLEL_MIN_ATOMS`` (64) atoms always run on one thread.
+        ``engine.threads.PARALLEL_MIN_ATOMS`` (64) atoms always run on one thread.
     skin : float
         Neighbour-list skin in Angstrom (default 0.5; 0 disables reuse). The list is built with
         cut-off + skin and reused, with vectors recomputed from the current positions and filtered by
         the true cut-off, until an atom has moved more than skin / 2 or the cell, pbc or atoms change.
-        Results are identical to rebuilding every call; see ``evaluation.NeighbourListCache``.
+        Results are identical to rebuilding every call; see ``engine.neighbour_cache.NeighbourListCache``.
     ensemble : list of potentials, optional
-        Further members of an ensemble (after ``potential``). ``potential`` itself may also be a list of
-        potentials or an ensemble file (``ace_uq_calc.ensemble_evaluation``). An ensemble calculator
-        returns the members' mean energy, forces, stress, energies and their spreads ``energy_std``,
-        ``energies_std`` (N), ``forces_std`` (N, 3), ``stress_std`` (6) and ``forces_dev`` (N), eV and
-        eV/A (docs/ensembles.md); members sharing one basis are evaluated in one descriptor pass. Its
-        active set (gamma) applies to the first member.
+        Further members of an ensemble (after ``potential``).
     error_calibration : path or ErrorCalibration, optional
         A map from an uncertainty measure (gamma, gamma_local or forces_dev) to the expected force error
         (``ace_uq_calc.uncertainty.calibration``, fitted on validation data, e.g. by ``ace-uq uq-report``);
         adds ``forces_error_estimate`` (N,) in eV/A. The measure must be computed by this calculator.
     local_active_set : path or LocalActiveSet, optional
-        Per-cluster active sets (``ace-uq activeset --local``, ``ace_uq_calc.uncertainty.local``); adds
+        Per-cluster active sets (``ace-uq activeset --local``, ``ace_uq_calc.uncertainty.local_build``); adds
         ``gamma_local`` (N,) = min over clusters of the cluster grade, ``gamma_cluster`` (N,) = the cluster
-        attaining it, and ``max_gamma_local``. Shares the descriptor pass with ``gamma`` (ensembles: the first
-        member's projections, like ``gamma``).
+        attaining it, and ``max_gamma_local``. Shares the descriptor pass with ``gamma``.
     """
 
     implemented_properties = [
@@ -77,62 +82,49 @@ class ACECalculator(Calculator):
                  num_threads: int | None = None, skin: float = DEFAULT_SKIN, error_calibration=None,
                  ensemble=None, local_active_set=None, **kwargs):
         super().__init__(**kwargs)
-        from .ensemble_evaluation import EnsembleModel, ensemble_members
-
-        members = ensemble_members(potential, ensemble)
-        self.ensemble = None        # EnsembleModel of an ensemble calculator
-        if members is not None:
-            self.ensemble = EnsembleModel(members, reference_energies=reference_energies, skin=skin)
-            potential = self.ensemble.bases[0]
+        self.model = Model(member_list(potential, ensemble), reference_energies=reference_energies, skin=skin)
+        if self.model.size > 1:
             self.implemented_properties = list(type(self).implemented_properties) + ENSEMBLE_PROPERTIES
-        if error_calibration is not None:
-            from .uncertainty.calibration import ErrorCalibration
-
-            if not isinstance(error_calibration, ErrorCalibration):
-                error_calibration = ErrorCalibration.load(error_calibration)
-        self.error_calibration = error_calibration
-        if num_threads is not None:
-            if isinstance(num_threads, bool) or int(num_threads) != num_threads or not (
-                    1 <= int(num_threads) <= numba.config.NUMBA_NUM_THREADS):
-                raise ValueError(f"num_threads must be an integer from 1 to {numba.config.NUMBA_NUM_THREADS} "
-                                 f"(NUMBA_NUM_THREADS), got {num_threads!r}")
-            num_threads = int(num_threads)
-        self.num_threads = num_threads
-        self.neighbour_cache = NeighbourListCache(skin)
-        self._species_key = None
-        self.basis: ACEBasis = load_basis(potential)
-        e0 = reference_energies_of(self.basis.potential) if reference_energies else {}
-        self.reference_energy = np.array([e0.get(el, 0.0) for el in self.basis.elements])
+        self.basis: ACEBasis = self.model.bases[0]
+        self.num_threads = checked_thread_count(num_threads)
+        self.compute_gamma = compute_gamma
+        source = self.basis.potential.source
         self.active_set = None
         if active_set is not None:
-            from .uncertainty.active_set import ActiveSet
-
             if not isinstance(active_set, ActiveSet):
                 active_set = ActiveSet.load(
-                    active_set,
-                    nfunc_per_element=self.basis.nfunc,
+                    active_set, nfunc_per_element=self.basis.nfunc,
                     ndensity_per_element={el: int(self.basis.ndensity[e]) for e, el in enumerate(self.basis.elements)},
-                    elements=self.basis.elements,
-                )
-            active_set.check_compatible(   # also for ActiveSet objects: wrong sizes would give wrong gamma
-                self.basis.nfunc, {el: int(self.basis.ndensity[e]) for e, el in enumerate(self.basis.elements)},
-                self.basis.elements, source=f"active set for {self.basis.potential.source}")
-            self.active_set = active_set
-        self.compute_gamma = compute_gamma
-        self._inverse = {}      # element -> C-contiguous float64 ASI, for the gamma kernel
-        if self.active_set is not None:
-            for el in self.basis.elements:
-                if el in self.active_set.inverse:
-                    self._inverse[el] = np.ascontiguousarray(self.active_set.inverse[el], dtype=np.float64)
+                    elements=self.basis.elements)
+            # also for ActiveSet objects: wrong sizes would give wrong gamma
+            self.active_set = active_set.for_basis(self.basis, source=f"active set for {source}")
         self.local_active_set = None
         if local_active_set is not None:
-            from .uncertainty.local import prepare_local_active_set
+            if not isinstance(local_active_set, LocalActiveSet):
+                local_active_set = LocalActiveSet.load(local_active_set)
+            self.local_active_set = local_active_set.for_basis(self.basis, source=f"local active set for {source}")
+        if error_calibration is not None and not isinstance(error_calibration, ErrorCalibration):
+            error_calibration = ErrorCalibration.load(error_calibration)
+        self.error_calibration = error_calibration
+        self._species_key = None
 
-            self.local_active_set = prepare_local_active_set(local_active_set, self.basis, self.ensemble)
+    @property
+    def ensemble(self) -> Model | None:
+        """The model when it has several members (an ensemble calculator), else None."""
+        return self.model if self.model.size > 1 else None
 
     @property
     def skin(self) -> float:
-        return self.neighbour_cache.skin
+        return self.model.caches[0].skin
+
+    @property
+    def neighbour_cache(self):
+        """The neighbour-list cache of the first member's basis."""
+        return self.model.caches[0]
+
+    @property
+    def elements(self) -> list:
+        return list(self.basis.elements)
 
     def check_state(self, atoms, tol=1e-15):
         """ASE's change detection (``compare_atoms``) with exact comparisons instead of ``allclose``
@@ -167,104 +159,38 @@ class ACECalculator(Calculator):
         self._species_key = (numbers.copy(), species)
         return species
 
-    @property
-    def elements(self) -> list:
-        return list(self.basis.elements)
+    def _graders(self, properties) -> list:
+        """The active sets that grade this call; PropertyNotImplementedError for a requested grade
+        without its active set."""
+        wanted = set(properties)
+        if wanted & _GAMMA_PROPERTIES and self.active_set is None:
+            raise PropertyNotImplementedError(
+                "gamma needs an active set: ACECalculator(potential, active_set='potential.asi')")
+        if wanted & _LOCAL_PROPERTIES and self.local_active_set is None:
+            raise PropertyNotImplementedError(
+                "gamma_local needs a local active set: ACECalculator(potential, local_active_set='pot.lasi')")
+        ensemble_only = [p for p in properties if p in ENSEMBLE_PROPERTIES]
+        if ensemble_only and self.model.size == 1:
+            raise PropertyNotImplementedError(
+                f"{', '.join(ensemble_only)} need an ensemble: ACECalculator([pot1.yaml, pot2.yaml, ...]) "
+                "(or an ensemble file, see docs/ensembles.md)")
+        if not self.compute_gamma:
+            return []
+        return [g for g in (self.active_set, self.local_active_set) if g is not None]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        wants_gamma = self.compute_gamma and ("gamma" in properties or "max_gamma" in properties
-                                              or self.active_set is not None)
-        if ("gamma" in properties or "max_gamma" in properties) and self.active_set is None:
-            raise PropertyNotImplementedError(
-                "gamma needs an active set: ACECalculator(potential, active_set='potential.asi')"
-            )
-        species = self._species(atoms)
-        if self.ensemble is not None:
-            from .ensemble_evaluation import ensemble_results
-
-            self.results.update(ensemble_results(self, atoms, species, properties, wants_gamma))
-            if self.error_calibration is not None:
-                self._estimate_errors(properties)
-            return
-        wanted = [p for p in properties if p in ENSEMBLE_PROPERTIES]
-        if wanted:
-            raise PropertyNotImplementedError(
-                f"{', '.join(wanted)} need an ensemble: ACECalculator([pot1.yaml, pot2.yaml, ...]) "
-                "(or an ensemble file, see docs/ensembles.md)")
+        graders = self._graders(properties)
         cell = atoms.cell.array
-        pbc = atoms.pbc
-        nonlinear = bool(wants_gamma and self.active_set is not None and self.active_set.nonlinear)
-        local = self.local_active_set if self.compute_gamma else None
-        result = evaluate(
-            self.basis, atoms.positions, cell, pbc, species,
-            forces=True,
-            projections=bool(wants_gamma and not nonlinear) or bool(local is not None and not local.nonlinear),
-            nonlinear=nonlinear or bool(local is not None and local.nonlinear),
-            neighbour_cache=self.neighbour_cache,
-            num_threads=self.num_threads,
-        )
-        energies = result.energies
-        if self.reference_energy.any():
-            energies = energies + self.reference_energy[species]
-        self.results["energy"] = float(energies.sum())
-        self.results["free_energy"] = self.results["energy"]
-        self.results["energies"] = energies
-        self.results["forces"] = result.forces
-        self.results["neighbour_count"] = result.neighbour_count
-        volume = abs(np.linalg.det(cell))
-        if volume > 1e-9:   # a three-dimensional cell; for slabs the volume includes the vacuum
-            sigma = result.virial / volume
-            sigma = 0.5 * (sigma + sigma.T)
-            self.results["stress"] = np.array(
-                [sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]]
-            )
-        elif "stress" in properties:
+        results = model_results(self.model, atoms.positions, cell, atoms.pbc, self._species(atoms), graders,
+                                self.error_calibration, self.num_threads)
+        if "stress" not in results and ("stress" in properties or "stress_std" in properties):
             raise PropertyNotImplementedError("stress needs a three-dimensional cell (rank-3 cell vectors)")
-        if wants_gamma and self.active_set is not None:
-            gamma = self._gamma(species, result)
-            self.results["gamma"] = gamma
-            self.results["max_gamma"] = float(gamma.max()) if len(gamma) else 0.0
-        if local is not None:
-            from .uncertainty.local import local_results
-
-            self.results.update(local_results(local, self.basis, species, result, self.num_threads))
-        elif {"gamma_local", "gamma_cluster", "max_gamma_local"} & set(properties):
+        if "forces_error_estimate" in properties and "forces_error_estimate" not in results:
             raise PropertyNotImplementedError(
-                "gamma_local needs a local active set: ACECalculator(potential, local_active_set='pot.lasi')")
-        # (keep this step last: it maps a per-atom uncertainty computed above to an expected error)
-        if self.error_calibration is not None:
-            self._estimate_errors(properties)
-
-    def _estimate_errors(self, properties) -> None:
-        measure = self.error_calibration.measure
-        if measure not in self.results:
-            if "forces_error_estimate" in properties:
-                raise PropertyNotImplementedError(
-                    f"forces_error_estimate: the error calibration maps {measure!r}, which this calculator "
-                    f"does not compute (give it the matching active set, local active set or ensemble)")
-            return
-        self.results["forces_error_estimate"] = self.error_calibration.predict(self.results[measure])
-
-    def _gamma(self, species, result) -> np.ndarray:
-        """gamma_i = max_j |x_i @ ASI[:, j]| per element, in a Numba kernel (no BLAS threads)."""
-        x = result.nonlinear_projections if self.active_set.nonlinear else result.projections
-        gamma = np.zeros(len(species))
-        if not len(species):
-            return gamma
-        with _Threads(kernel_threads(len(species), self.num_threads)):
-            threads = numba.get_num_threads()
-            for e, el in enumerate(self.basis.elements):
-                rows = np.flatnonzero(species == e)
-                if not len(rows):
-                    continue
-                asi = self._inverse.get(el)
-                if asi is None:     # let the active set raise its error for a missing element
-                    self.active_set.grades(el, x[rows])
-                    continue
-                if asi.shape[0] > x.shape[1]:
-                    raise ValueError(f"projection width {x.shape[1]} does not match the inverse active set "
-                                     f"size {asi.shape[0]}")
-                extrapolation_grades(x, rows.astype(np.int64), asi, min(threads, len(rows)), gamma)
-        return gamma
+                f"forces_error_estimate: the error calibration maps {self.error_calibration.measure!r}, which this "
+                "calculator does not compute (give it the matching active set, local active set or ensemble)"
+                if self.error_calibration is not None else
+                "forces_error_estimate needs an error calibration: ACECalculator(..., error_calibration=FILE)")
+        self.results.update(results)

@@ -79,9 +79,7 @@ def _cmd_activeset(args):
     from .uncertainty.build import build_active_set_from_files
 
     if args.local or args.clusters is not None or args.cluster_by is not None:
-        from .uncertainty.local import run_activeset_local_command
-
-        return run_activeset_local_command(args)
+        return _activeset_local(args)
 
     t0 = time.perf_counter()
     active_set = build_active_set_from_files(
@@ -91,6 +89,34 @@ def _cmd_activeset(args):
     active_set.save(args.output)
     for el, cond in active_set.condition_numbers.items():
         print(f"{el}: active set {active_set.inverse[el].shape[0]} rows, condition number {cond:.3g}")
+    print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _activeset_local(args) -> int:
+    """``ace-uq activeset POT TRAIN... --local [--clusters K | --cluster-by KEY] [--seed S] -o FILE``."""
+    import ase.io
+    import numpy as np
+
+    from .uncertainty.local_build import build_local_active_set
+
+    t0 = time.perf_counter()
+    if args.cluster_by is not None and args.clusters is not None:
+        raise ValueError("give either --clusters K or --cluster-by KEY, not both")
+    n_clusters = None
+    if args.clusters is not None and args.clusters != "auto":
+        try:
+            n_clusters = int(args.clusters)
+        except ValueError:
+            raise ValueError(f"--clusters must be an integer or 'auto', got {args.clusters!r}") from None
+    frames = [atoms for path in args.training for atoms in ase.io.read(path, index=":")]
+    local = build_local_active_set(args.potential, frames, cluster_by=args.cluster_by, n_clusters=n_clusters,
+                                   seed=args.seed, nonlinear=args.nonlinear, tolerance=args.tolerance)
+    local.save(args.output)
+    for el, cs in local.clusters.items():
+        reduced = int(np.count_nonzero(cs.distance_scale > 0))
+        print(f"{el}: {cs.n_clusters} clusters ({local.method}), width {cs.width}, atoms per cluster "
+              f"{cs.n_train.min()}..{cs.n_train.max()}, {reduced} reduced (rank < width)")
     print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -468,10 +494,65 @@ def _cmd_fit(args):
         active.save(args.active_set)
         print(f"wrote active set {args.active_set}")
     if args.ensemble:
-        from .ensemble_evaluation import print_ensemble_fit
 
         print_ensemble_fit(args, basis, result, train, weights)
     return 0
+
+
+def ensemble_spread_lines(calc, frames) -> list:
+    """Lines summarising an ensemble calculator's spread over ``frames``: mean and max forces_dev (eV/A),
+    RMS forces_std (eV/A, per component) and RMS energy_std per atom (meV/atom)."""
+    import numpy as np
+
+    dev, fstd, estd = [], [], []
+    for atoms in frames:
+        work = atoms.copy()
+        work.calc = calc
+        work.get_forces()
+        dev.append(calc.results["forces_dev"])
+        fstd.append(calc.results["forces_std"].ravel())
+        estd.append(calc.results["energy_std"] / max(len(work), 1))
+    dev = np.concatenate(dev) if dev else np.zeros(0)
+    fstd = np.concatenate(fstd) if fstd else np.zeros(0)
+    estd = np.array(estd)
+    if not dev.size:
+        return ["ensemble spread: no atoms"]
+    return [
+        f"ensemble spread ({calc.ensemble.size} members, "
+        f"{'one shared basis' if calc.ensemble.shared else 'several bases'}):",
+        f"  forces_dev  mean {dev.mean():.4f}  max {dev.max():.4f} eV/A",
+        f"  forces_std  RMS {np.sqrt(np.mean(fstd ** 2)):.4f} eV/A (per component)",
+        f"  energy_std  RMS {1000 * np.sqrt(np.mean(estd ** 2)):.3f} meV/atom",
+    ]
+
+
+def print_ensemble_fit(args, basis, result, train, weights) -> None:
+    """``ace-uq fit --ensemble K``: build, write and evaluate the members (training and test tables of the
+    ensemble mean, and its spread)."""
+    import ase.io
+
+    from .calculator import ACECalculator
+    from .fitting.ensemble_fit import ensemble_potentials, write_ensemble
+    from .fitting.metrics import error_table, format_table
+
+    members = ensemble_potentials(basis, result, args.ensemble_method, args.ensemble, frames=train,
+                                  weights=weights, seed=args.seed, progress=not args.quiet)
+    paths, ensemble_file = write_ensemble(members, args.output)
+    print(f"\nwrote {len(paths)} ensemble members ({args.ensemble_method}) to {os.path.dirname(ensemble_file)}/, "
+          f"ensemble file {ensemble_file}")
+    if args.ensemble_method == "posterior" and result.n_validation:
+        print(f"posterior spread widened by {result.posterior_scale:.3g}: the factor that makes it match the "
+              "validation split's error (the posterior alone is the coefficients' statistical uncertainty)")
+    elif args.ensemble_method == "posterior":
+        print("posterior spread NOT calibrated: fewer than 10 training structures, so no validation split; "
+              "the spread is the coefficients' statistical uncertainty only and underestimates the error")
+    calc = ACECalculator(ensemble_file)
+    print(format_table(error_table([calc], train), "\ntraining set, ensemble mean"))
+    print("\n".join(ensemble_spread_lines(calc, train)))
+    if args.test:
+        test = [a for path in args.test for a in ase.io.read(path, index=":")]
+        print(format_table(error_table([calc], test), "\ntest set, ensemble mean"))
+        print("\n".join(ensemble_spread_lines(calc, test)))
 
 
 def _int_list(text: str, option: str) -> tuple:
@@ -486,11 +567,10 @@ def _cmd_eval(args):
 
     from .calculator import ACECalculator
     from .fitting.metrics import error_table, format_table
-
-    from .ensemble_evaluation import ensemble_spread_lines, ensemble_members
+    from .model.ensemble_file import member_list
 
     frames = ase.io.read(args.data, index=":")
-    if ensemble_members(args.potentials if len(args.potentials) > 1 else args.potentials[0]) is not None:
+    if len(member_list(args.potentials)) > 1:
         calc = ACECalculator(args.potentials if len(args.potentials) > 1 else args.potentials[0])
         label = f"mean of an ensemble of {calc.ensemble.size} potentials"
         print(format_table(error_table([calc], frames), f"{label} on {args.data}"))

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     import numba
 
     from ace_uq_calc import ACECalculator
-    from ace_uq_calc.ensemble_evaluation import EnsembleModel
+    from ace_uq_calc.engine.model import Model
 
     atoms = make_structure()
     cases = []
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             tk = time_calls(atoms, calc, args.calls, True)
             line = (f"{label[:40]:<40} {threads:7d} {1e3 * t1:10.1f} {1e3 * tk:11.1f} {tk / t1:6.2f}")
             if args.slow:
-                calc.ensemble = EnsembleModel(calc.ensemble.bases, fast=False)
+                calc.model = Model(calc.model.bases, fast=False)
                 ts = time_calls(atoms, calc, max(3, args.calls // 3), True)
                 line += f" {1e3 * ts:13.1f}"
             print(line, f"(K = {calc.ensemble.size}, shared basis: {calc.ensemble.shared})")

@@ -120,7 +120,7 @@ def local_grade_fn(las):
 
 def run(regime, functions, seeds, cache, variants):
     from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
-    from ace_uq_calc.uncertainty.local import build_local_active_set_from_projections
+    from ace_uq_calc.uncertainty.local_build import build_local_active_set_from_projections
 
     print(f"== {regime} regime, fit with functions={functions}")
     if regime == "heterogeneous":
@@ -164,7 +164,7 @@ def run(regime, functions, seeds, cache, variants):
 def timing(potential, asi, train_frames, structure, n_clusters=15, repeats=10, seed=0):
     """Median wall time of E+F+gamma with and without gamma_local (K clusters) on ``structure``."""
     from ace_uq_calc import ACECalculator
-    from ace_uq_calc.uncertainty.local import build_local_active_set
+    from ace_uq_calc.uncertainty.local_build import build_local_active_set
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

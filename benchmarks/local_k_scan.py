@@ -3,7 +3,7 @@
 
 Reads the projections that benchmarks/uq_study.py cached for the heterogeneous regime (--work, default
 $TMPDIR/ace_uq_study; run the study first) and, for each K, builds the local active set on the training
-atoms (ace_uq_calc.uncertainty.local defaults otherwise) and prints the per-atom ROC-AUC of the sphere,
+atoms (ace_uq_calc.uncertainty.local_build defaults otherwise) and prints the per-atom ROC-AUC of the sphere,
 period-defect and non-elastic atoms against the held-out PRM2020 atoms and the false-alarm rate
 (held-out atoms with gamma_local > 1):
 
@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ace_uq_calc.report.metrics import flagged_fraction, roc_auc
-from ace_uq_calc.uncertainty.local import build_local_active_set_from_projections
+from ace_uq_calc.uncertainty.local_build import build_local_active_set_from_projections
 
 FAMILIES = ("sphere", "period-defect", "non-elastic")
 

@@ -17,7 +17,7 @@ numpy.random.default_rng(2025).permutation(n), the first round(0.1 n) structures
 For each regime and each model size: a linear ACE fitted on the training split only (the default
 recipe at cut-off 5 A with a small and a larger basis), an ensemble of K members sampled from the
 bootstrap of its training structures (K refits, shared basis), the global active set (MaxVol) of the training atoms, the local active sets
-(clustering-enhanced local D-optimality, ace_uq_calc.uncertainty.local, seeds 0-4) and the plain
+(clustering-enhanced local D-optimality, ace_uq_calc.uncertainty.local_build, seeds 0-4) and the plain
 k-means baseline (K = 15 on standardised projections, seeds 0-4). Uncertainties: ensemble forces_dev
 (max_k ||F_k - F_mean||, eV/A), gamma, gamma_local. Metrics (ace_uq_calc.report): per-atom force error
 ||F - F_DFT||, Spearman correlations, ensemble coverage, error per gamma bin, per-atom ROC-AUC of
@@ -159,7 +159,7 @@ BASELINE = dict(n_clusters=15, pca_variance=1.0, n_init=1)      # plain k-means 
 def study_case(regime: str, functions: int, ensemble: int, work: str, seeds=SEEDS) -> dict:
     from ace_uq_calc.report.uq_report import uq_metrics
     from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
-    from ace_uq_calc.uncertainty.local import build_local_active_set_from_projections
+    from ace_uq_calc.uncertainty.local_build import build_local_active_set_from_projections
 
     tag = regime[:3]
     log(f"== {regime}, functions={functions}")

@@ -67,7 +67,7 @@ def write_document(results: dict, args, elapsed: float) -> None:
     add("* Models: linear ACE from `ace_uq_calc.fitting.recipe.fit` at cut-off 5 Å with two basis sizes; "
         "ensemble = K refits on bootstrap resamples of the training structures (same basis and ridge strength; "
         "`ace-uq fit --ensemble K --ensemble-method bootstrap`); global γ = MaxVol "
-        "active set of all training atoms; local γ = `ace_uq_calc.uncertainty.local` (clustering-enhanced "
+        "active set of all training atoms; local γ = `ace_uq_calc.uncertainty.local_build` (clustering-enhanced "
         "local D-optimality, default settings, docs/local-d-optimality.md); baseline = plain k-means, K = 15, "
         "on standardised projections, one initialisation, the same per-cluster active sets and grade = min over "
         "clusters. Seeds 0–4 of the clustering; tables show seed 0 unless a range is given.")

@@ -25,7 +25,7 @@ from ace_uq_calc.report.collect import collect
 from ace_uq_calc.report.uq_report import write_report
 from ace_uq_calc.uncertainty.build import build_active_set
 from ace_uq_calc.uncertainty.calibration import fit_error_calibration
-from ace_uq_calc.uncertainty.local import build_local_active_set
+from ace_uq_calc.uncertainty.local_build import build_local_active_set
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "zuo2020")
 NOVEL = "Surface"

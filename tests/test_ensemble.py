@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from ace_uq_calc.uncertainty.ensemble import ensemble_statistics, posterior_samples
+from ace_uq_calc.engine.statistics import ensemble_statistics
+from ace_uq_calc.fitting.posterior import posterior_samples
 
 
 def test_spread_is_zero_when_members_are_equal():
@@ -52,7 +53,7 @@ class _Equations:
 def test_posterior_scale_equals_the_dense_computation_and_calibrates_the_validation_error():
     """scale^2 = SSE_val / tr(Cov A_val^T A_val), checked against explicit matrices, and the widened
     samples' spread on the validation rows equals their actual error (Monte Carlo)."""
-    from ace_uq_calc.uncertainty.ensemble import posterior_scale_from_validation
+    from ace_uq_calc.fitting.posterior import posterior_scale_from_validation
 
     rng = np.random.default_rng(3)
     n_col = 6

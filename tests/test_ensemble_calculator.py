@@ -13,12 +13,11 @@ from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from ace_uq_calc import ACECalculator
-from ace_uq_calc.ensemble_evaluation import (
-    EnsembleModel, basis_mismatch, evaluate_ensemble, evaluate_shared, read_ensemble_file, write_ensemble_file,
-)
-from ace_uq_calc.evaluation import evaluate
+from ace_uq_calc.engine.evaluate import evaluate, evaluate_shared
+from ace_uq_calc.engine.model import Model, shared_basis_mismatch
+from ace_uq_calc.engine.statistics import ENSEMBLE_PROPERTIES
 from ace_uq_calc.model.basis import load_basis
-from ace_uq_calc.uncertainty.ensemble import ENSEMBLE_PROPERTIES
+from ace_uq_calc.model.ensemble_file import read_ensemble_file, write_ensemble_file
 
 from conftest import FIXTURES, fixture_file, require_shared
 from test_fitting import _labelled_frames, _teacher, _training_file
@@ -85,8 +84,8 @@ def test_each_member_equals_its_single_model_evaluation(case):
     members = _members(basis, 3)
     stacked = np.stack([m.coefficients for m in members], axis=2)
     sp = _species(basis, atoms)
-    energies, forces, virial, proj, _ = evaluate_shared(basis, stacked, atoms.positions, atoms.cell.array,
-                                                        atoms.pbc, sp, projections=True)
+    shared = evaluate_shared(basis, stacked, atoms.positions, atoms.cell.array, atoms.pbc, sp, projections=True)
+    energies, forces, virial, proj = shared.energies, shared.forces, shared.virial, shared.projections
     for k, member in enumerate(members):
         single = evaluate(member, atoms.positions, atoms.cell.array, atoms.pbc, sp, projections=True)
         _assert_close(energies[k], single.energies)
@@ -100,12 +99,11 @@ def test_one_member_equals_the_single_model():
     basis = load_basis(str(fixture_file("Cu_fs500.yaml")))
     atoms = _copper()
     sp = _species(basis, atoms)
-    energies, forces, virial, _, _ = evaluate_shared(basis, basis.coefficients[:, :, None], atoms.positions,
-                                                     atoms.cell.array, atoms.pbc, sp)
+    one = evaluate_shared(basis, basis.coefficients[:, :, None], atoms.positions, atoms.cell.array, atoms.pbc, sp)
     single = evaluate(basis, atoms.positions, atoms.cell.array, atoms.pbc, sp)
-    _assert_close(energies[0], single.energies)
-    _assert_close(forces[0], single.forces)
-    _assert_close(virial[0], single.virial)
+    _assert_close(one.energies[0], single.energies)
+    _assert_close(one.forces[0], single.forces)
+    _assert_close(one.virial[0], single.virial)
 
 
 def test_results_do_not_depend_on_the_number_of_threads():
@@ -115,8 +113,8 @@ def test_results_do_not_depend_on_the_number_of_threads():
     sp = _species(basis, atoms)
     one = evaluate_shared(basis, stacked, atoms.positions, atoms.cell.array, atoms.pbc, sp, num_threads=1)
     two = evaluate_shared(basis, stacked, atoms.positions, atoms.cell.array, atoms.pbc, sp, num_threads=2)
-    for a, b in zip(one[:3], two[:3]):
-        assert np.array_equal(a, b)
+    for name in ("energies", "forces", "virial"):
+        assert np.array_equal(getattr(one, name), getattr(two, name))
 
 
 def test_equal_members_have_exactly_zero_spread():
@@ -164,35 +162,35 @@ def test_slow_path_equals_fast_path_and_mixed_bases_work():
     members = _members(basis, 3)
     atoms = _copper()
     sp = _species(basis, atoms)
-    fast = EnsembleModel(members)
-    slow = EnsembleModel(members, fast=False)
+    fast = Model(members)
+    slow = Model(members, fast=False)
     assert fast.shared and fast.groups == [[0, 1, 2]]
-    r_fast = evaluate_ensemble(fast, atoms.positions, atoms.cell.array, atoms.pbc, sp)
-    r_slow = evaluate_ensemble(slow, atoms.positions, atoms.cell.array, atoms.pbc, sp)
+    r_fast = fast.evaluate(atoms.positions, atoms.cell.array, atoms.pbc, sp)
+    r_slow = slow.evaluate(atoms.positions, atoms.cell.array, atoms.pbc, sp)
     _assert_close(r_fast.energies, r_slow.energies)
     _assert_close(r_fast.forces, r_slow.forces)
     _assert_close(r_fast.virial, r_slow.virial)
     # a member with another basis (different functions and cut-off): two groups, same numbers as singles
     other = load_basis(_teacher())
-    assert basis_mismatch(basis, other) is not None
-    mixed = EnsembleModel([members[0], other, members[1]])
+    assert shared_basis_mismatch(basis, other) is not None
+    mixed = Model([members[0], other, members[1]])
     assert mixed.groups == [[0, 2], [1]] and not mixed.shared
-    r_mixed = evaluate_ensemble(mixed, atoms.positions, atoms.cell.array, atoms.pbc, sp)
+    r_mixed = mixed.evaluate(atoms.positions, atoms.cell.array, atoms.pbc, sp)
     for k, member in enumerate([members[0], other, members[1]]):
         single = evaluate(member, atoms.positions, atoms.cell.array, atoms.pbc, sp)
         _assert_close(r_mixed.energies[k], single.energies)
         _assert_close(r_mixed.forces[k], single.forces)
 
 
-def test_basis_mismatch_names_the_difference():
+def test_shared_basis_mismatch_names_the_difference():
     basis = load_basis(str(fixture_file("Cu_fs500.yaml")))
-    assert basis_mismatch(basis, _members(basis, 1)[0]) is None
+    assert shared_basis_mismatch(basis, _members(basis, 1)[0]) is None
     table = basis.radial_tables.copy()
     table[0, 5, 0, 0] += 1e-12
-    assert basis_mismatch(basis, dataclasses.replace(basis, radial_tables=table)) == "radial_tables"
+    assert shared_basis_mismatch(basis, dataclasses.replace(basis, radial_tables=table)) == "radial_tables"
     weight = basis.embedding_weight.copy()
     weight[0, 0] *= 2
-    assert basis_mismatch(basis, dataclasses.replace(basis, embedding_weight=weight)) == "embedding_weight"
+    assert shared_basis_mismatch(basis, dataclasses.replace(basis, embedding_weight=weight)) == "embedding_weight"
 
 
 def test_implemented_properties_cover_every_result_and_single_models_keep_working():
@@ -344,7 +342,7 @@ def test_cli_fit_with_ensemble_writes_members_that_reload_bit_identically(tmp_pa
         write_potential_file(read_potential_file(path), again)
         assert again.read_text() == path.read_text()
         bases.append(load_basis(str(path)))
-    assert all(basis_mismatch(bases[0], b) is None for b in bases[1:])
+    assert all(shared_basis_mismatch(bases[0], b) is None for b in bases[1:])
     assert not np.array_equal(bases[0].coefficients, bases[1].coefficients)
     # the ensemble calculator from the file equals the members evaluated one by one
     first = ase.io.read(train, index=0)

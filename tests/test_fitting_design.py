@@ -37,7 +37,7 @@ def _alni_structure(seed=0):
 
 @pytest.mark.parametrize("core", [False, True])
 def test_design_rows_reproduce_evaluator(core):
-    from ace_uq_calc.evaluation import evaluate
+    from ace_uq_calc.engine.evaluate import evaluate
     from ace_uq_calc.fitting.design import structure_design
 
     basis = _linearised(fixture_file("AlNi_fs.yaml"), core=core)
@@ -59,7 +59,7 @@ def test_design_rows_reproduce_evaluator(core):
 
 
 def test_design_rows_on_cu_fs500_basis():
-    from ace_uq_calc.evaluation import evaluate
+    from ace_uq_calc.engine.evaluate import evaluate
     from ace_uq_calc.fitting.design import structure_design
 
     basis = _linearised(fixture_file("Cu_fs500.yaml"))

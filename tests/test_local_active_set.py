@@ -12,9 +12,10 @@ from ace_uq_calc.cli import main
 from ace_uq_calc.demo import example_files
 from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.uncertainty.active_set import AceUqWarning, build_active_set_from_projections
-from ace_uq_calc.uncertainty.local import (
-    LocalActiveSet, build_cluster_set, build_local_active_set, build_local_active_set_from_projections,
-    cluster_operator, min_grade_over_models, training_projections,
+from ace_uq_calc.uncertainty.local_active_set import LocalActiveSet
+from ace_uq_calc.uncertainty.local_build import (
+    build_cluster_set, build_local_active_set, build_local_active_set_from_projections, cluster_operator,
+    min_grade_over_models, training_projections,
 )
 
 from conftest import TEST_DATA, fixture_file
@@ -216,16 +217,16 @@ def test_wrong_files_and_potentials_give_clear_errors(local_kmeans, tmp_path, po
 
 
 def test_calculator_shares_one_descriptor_pass(potential, local_labels, monkeypatch):
-    import ace_uq_calc.calculator as calculator_module
+    import ace_uq_calc.engine.model as engine_model
 
     calls = []
-    original = calculator_module.evaluate
+    original = engine_model.evaluate
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(calculator_module, "evaluate", counting)
+    monkeypatch.setattr(engine_model, "evaluate", counting)
     pot, asi = example_files()
     calc = ACECalculator(pot, active_set=asi, local_active_set=local_labels)
     atoms = cu_frames(1, 0.1, 11)[0]

@@ -66,7 +66,7 @@ def test_energy_forces_stress(name, k):
 
 @pytest.mark.parametrize("name,k", cases())
 def test_projections_and_densities(name, k):
-    from ace_uq_calc.evaluation import evaluate
+    from ace_uq_calc.engine.evaluate import evaluate
 
     basis, ref = reference(name)
     atoms, p = structure(ref, k)

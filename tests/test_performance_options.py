@@ -21,7 +21,8 @@ from ase.md.verlet import VelocityVerlet
 from conftest import fixture_file
 
 from ace_uq_calc import ACECalculator, ActiveSet
-from ace_uq_calc.evaluation import PARALLEL_MIN_ATOMS, NeighbourListCache
+from ace_uq_calc.engine.neighbour_cache import NeighbourListCache
+from ace_uq_calc.engine.threads import PARALLEL_MIN_ATOMS
 from ace_uq_calc.kernels.gamma import extrapolation_grades
 from ace_uq_calc.kernels.neighbours import build_neighbour_list
 from ace_uq_calc.model.basis import load_basis

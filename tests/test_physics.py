@@ -585,16 +585,16 @@ def test_nve_energy_error_scales_with_timestep_squared():
 
 @pytest.fixture
 def evaluation_counter(monkeypatch):
-    import ace_uq_calc.calculator as calculator_module
+    import ace_uq_calc.engine.model as engine_model
 
     calls = []
-    real = calculator_module.evaluate
+    real = engine_model.evaluate
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(calculator_module, "evaluate", counting)
+    monkeypatch.setattr(engine_model, "evaluate", counting)
     return calls
 
 

@@ -68,7 +68,7 @@ def _structures(elements, count, seed):
 
 def _term_scale(calc, atoms):
     """sum over atoms and functions of |c_f B_f(i)| (eV): the magnitude the energy is summed from."""
-    from ace_uq_calc.evaluation import evaluate
+    from ace_uq_calc.engine.evaluate import evaluate
 
     basis = calc.basis
     species = basis.species_of(atoms.get_chemical_symbols())

@@ -27,7 +27,8 @@ from ase.build import bulk
 from conftest import FIXTURES, PROJECT_ROOT, fixture_file, require_shared
 
 from ace_uq_calc import ACECalculator, ActiveSet, PotentialFormatError
-from ace_uq_calc.evaluation import MAX_NEIGHBOURS_PER_ATOM, MIN_PAIR_DISTANCE, evaluate
+from ace_uq_calc.engine.evaluate import evaluate
+from ace_uq_calc.engine.structure import MAX_NEIGHBOURS_PER_ATOM, MIN_PAIR_DISTANCE
 from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.model.yaml_format import PotentialFormatWarning, read_potential_file
 

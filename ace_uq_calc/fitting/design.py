@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluation import evaluate
+from ..engine.evaluate import evaluate
 from ..kernels.fitting import linear_design_rows
 from ..kernels.neighbours import build_neighbour_list
 from ..model.basis import ACEBasis

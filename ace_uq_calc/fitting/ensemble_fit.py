@@ -3,7 +3,7 @@
 Two methods (``ace-uq fit --ensemble K --ensemble-method ...``):
 
 * ``posterior`` (default): K draws from the Gaussian posterior N(c_hat, a^2 s^2 H^-1) of the ridge fit
-  (:func:`ace_uq_calc.uncertainty.ensemble.posterior_samples`), H the regularised normal matrix of the
+  (:func:`ace_uq_calc.fitting.posterior.posterior_samples`), H the regularised normal matrix of the
   final fit and s^2 = SSE / (rows - columns) the residual variance. The posterior alone is only the
   statistical uncertainty of the coefficients, far narrower than the error of a finite basis; a is the
   factor that makes the posterior of the training-split fit predict the squared error of the
@@ -20,7 +20,7 @@ All members share the basis of the fit (only the coefficients and reference ener
 ensemble calculator evaluates them in one descriptor pass. Files written by :func:`write_ensemble`:
 ``OUT.yaml`` the mean / best fit (unchanged), ``OUT.ensemble/member_00.yaml`` ... (pacemaker B-basis
 files) and ``OUT.ensemble/ensemble.yaml`` listing them (an ensemble file, see
-:mod:`ace_uq_calc.ensemble_evaluation`), each written atomically.
+:mod:`ace_uq_calc.model.ensemble_file`), each written atomically.
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ import warnings
 import numpy as np
 
 from ..model.basis import ACEBasis
+from ..model.ensemble_file import write_ensemble_file
 from ..model.yaml_format import write_potential_file
-from ..uncertainty.ensemble import posterior_samples
+from .posterior import posterior_samples
 from .linear_fit import FitResult, NormalEquations, _assemble_chunk, _norms, fitted_potential, solve_ridge
 
 METHODS = ("posterior", "bootstrap")
@@ -138,8 +139,6 @@ def ensemble_paths(output) -> tuple:
 def write_ensemble(members: list, output) -> tuple:
     """Write members as ``OUT.ensemble/member_NN.yaml`` and the ensemble file ``OUT.ensemble/ensemble.yaml``
     (atomically, file by file; the ensemble file last). Returns (member paths, ensemble file path)."""
-    from ..ensemble_evaluation import write_ensemble_file
-
     directory, ensemble_file = ensemble_paths(output)
     os.makedirs(directory, exist_ok=True)
     width = max(2, len(str(len(members) - 1)))

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..model.basis import ACEBasis, build_basis
 from ..model.yaml_format import REFERENCE_ENERGY_KEY, PotentialFile, reference_energies_of  # noqa: F401
-from ..uncertainty.ensemble import posterior_scale_from_validation
+from .posterior import posterior_scale_from_validation
 from .design import is_linear, structure_design
 
 
@@ -516,7 +516,7 @@ class FitResult:
     e0_ridge: float = 0.0
     fixed_e0: dict = field(default_factory=dict)
     #: widening of the posterior that makes its spread match the validation error (1 without a
-    #: validation split; see uncertainty.ensemble.posterior_scale_from_validation)
+    #: validation split; see fitting.posterior.posterior_scale_from_validation)
     posterior_scale: float = 1.0
 
 

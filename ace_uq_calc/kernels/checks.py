@@ -1,4 +1,4 @@
-"""Small Numba helpers for the per-call checks of :func:`ace_uq_calc.evaluation.evaluate`.
+"""Small Numba helpers for the per-call checks of :func:`ace_uq_calc.engine.evaluate.evaluate`.
 
 Each replaces several numpy calls on small arrays (about a microsecond of Python overhead each) by
 one compiled loop; the callers run the detailed numpy checks, which build the error messages, only

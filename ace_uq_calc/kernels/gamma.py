@@ -1,10 +1,10 @@
 """Numba kernel of the extrapolation grade gamma_i = max_j |(x_i @ ASI)_j| (D-optimality).
 
-The same formula as :func:`ace_uq_calc.uncertainty.grades.extrapolation_grade` (one BLAS product),
-computed here in blocks of four atoms inside Numba's own thread pool: for the small products of one
-calculator call a multi-threaded BLAS competes with the (spinning) Numba/OpenMP threads for the
-cores and was up to 20 times slower on a busy 2-core machine. The summation order differs from
-BLAS's, so results agree to rounding (a few ulp of sum_k |x_k ASI_kj|).
+The only implementation of gamma in the package (``ace_uq_calc.uncertainty.grades`` calls it): blocks
+of four atoms inside Numba's own thread pool instead of one BLAS product, because for the small products
+of one calculator call a multi-threaded BLAS competes with the (spinning) Numba/OpenMP threads for the
+cores and was up to 20 times slower on a busy 2-core machine. Results agree with a BLAS product to
+rounding (a few ulp of sum_k |x_k ASI_kj|).
 """
 import numpy as np
 from numba import njit, prange

@@ -7,7 +7,7 @@ For one element with K clusters, cluster c grades an atom with projection row x 
                            A_c (r_c, m) its active rows, ASI_c = pinv(A_c) (m, r_c), s_c > 0
 
 each divided by the cluster's calibration factor q_c >= 1 (1: none), and gamma_local(x) = min_c g_c(x) / q_c, gamma_cluster(x) = the c attaining it
-(:mod:`ace_uq_calc.uncertainty.local` explains the reduced treatment).
+(:mod:`ace_uq_calc.uncertainty.local_active_set` explains the reduced treatment).
 
 Exact branch and bound: the clusters are visited nearest centroid first (centroids in the clustering
 space z = ((x - shift) / scale) @ components), the columns of ASI_c in panels of ``_PANEL``; the partial

@@ -699,7 +699,7 @@ def refresh_neighbour_list(skin_list: NeighbourList, positions, cell, pbc, speci
     :func:`build_neighbour_list` computes them, and only entries within ``cutoff_matrix`` are kept
     (same order). The result equals a fresh list entry for entry and bit for bit, provided no pair
     came from outside the skin list's cut-offs, i.e. every atom moved less than skin / 2 (the
-    caller's responsibility, see :class:`ace_uq_calc.evaluation.NeighbourListCache`), with the same
+    caller's responsibility, see :class:`ace_uq_calc.engine.neighbour_cache.NeighbourListCache`), with the same
     cell, pbc and species. Inputs must be contiguous float64 / int64 / bool arrays."""
     n_atoms = positions.shape[0]
     periodic_cell = np.ascontiguousarray(np.where(np.asarray(pbc, dtype=bool)[:, None], cell, 0.0))

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from .._atomic_io import atomic_write
-from .grades import extrapolation_grade
+from .grades import extrapolation_grade, extrapolation_grades_into
 
 #: cond(A_active) above which building an active set warns (fitted potentials reach 1e9 to 1e10).
 CONDITION_WARNING = 1e8
@@ -461,13 +461,34 @@ class ActiveSet:
     def elements(self) -> list:
         return list(self.inverse)
 
-    def grades(self, element: str, projections) -> np.ndarray:
-        """Extrapolation grades gamma (n_atoms,) of atoms of ``element`` from their (n_atoms, m) projections."""
+    def _inverse_of(self, element: str) -> np.ndarray:
         try:
-            asi = self.inverse[element]
+            return self.inverse[element]
         except KeyError:
             raise KeyError(f"no active set for element {element!r} (have {', '.join(self.inverse)})") from None
-        return extrapolation_grade(projections, asi)
+
+    def grades(self, element: str, projections) -> np.ndarray:
+        """Extrapolation grades gamma (n_atoms,) of atoms of ``element`` from their (n_atoms, m) projections."""
+        return extrapolation_grade(projections, self._inverse_of(element))
+
+    def grade_atoms(self, elements, species, projections, threads: int = 1) -> dict:
+        """Results ``gamma`` (N,) and ``max_gamma`` (0 for no atoms) of a structure whose atoms have species
+        indices ``species`` (N,) into ``elements`` and ``projections`` (N, >= m) of the kind of this active
+        set (rows padded beyond each element's m). ``threads``: Numba threads of the grading kernel.
+        The grader interface of :func:`ace_uq_calc.engine.results.model_results`."""
+        n_atoms = len(species)
+        gamma = np.zeros(n_atoms)
+        for e, element in enumerate(elements):
+            rows = np.flatnonzero(species == e)
+            if len(rows):
+                extrapolation_grades_into(projections, rows, self._inverse_of(element), threads, gamma)
+        return {"gamma": gamma, "max_gamma": float(gamma.max()) if n_atoms else 0.0}
+
+    def for_basis(self, basis, source: str = "active set") -> "ActiveSet":
+        """This active set after checking that it belongs to ``basis`` (an ACEBasis; ValueError otherwise)."""
+        self.check_compatible(basis.nfunc, {el: int(basis.ndensity[e]) for e, el in enumerate(basis.elements)},
+                              basis.elements, source=source)
+        return self
 
     def save(self, path) -> None:
         """Write pacemaker's ``.asi`` layout atomically: an uncompressed ``np.savez`` archive, one member per

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.gamma import extrapolation_grades
+
 
 def _checked_operands(projections, inverse_active_set) -> tuple[np.ndarray, np.ndarray]:
     """Both operands as float64 arrays with matching shapes (n_atoms, m) and (m, m)."""
@@ -31,17 +33,30 @@ def _checked_operands(projections, inverse_active_set) -> tuple[np.ndarray, np.n
     return x, asi
 
 
+def extrapolation_grades_into(projections, rows, inverse_active_set, threads: int, out) -> None:
+    """out[rows] = gamma of the atoms ``rows`` (int array) of ONE element: their projections are
+    ``projections[rows, :m]`` (rows may be wider than m, the size of the square ``inverse_active_set``).
+    The Numba kernel :func:`~ace_uq_calc.kernels.gamma.extrapolation_grades` on ``threads`` threads (at
+    most one per atom); ``projections`` and ``inverse_active_set`` C-contiguous float64."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if projections.shape[1] < inverse_active_set.shape[0]:
+        raise ValueError(f"projection width {projections.shape[1]} does not match the inverse active set "
+                         f"size {inverse_active_set.shape[0]}")
+    extrapolation_grades(projections, rows, inverse_active_set, max(1, min(int(threads), len(rows))), out)
+
+
 def extrapolation_grade(projections, inverse_active_set) -> np.ndarray:
     """gamma_i = max_j |(x_i @ ASI)_j| for the projections (n_atoms, m) of atoms of ONE element.
 
-    One BLAS matrix product. Returns shape (n_atoms,); (0,) for no atoms; a row of zeros (an atom
-    without neighbours) gives 0.
+    Returns shape (n_atoms,); (0,) for no atoms; a row of zeros (an atom without neighbours) gives 0.
+    Computed by the same kernel as the calculator's grades (one thread).
     """
     x, asi = _checked_operands(projections, inverse_active_set)
-    if x.shape[0] == 0:
-        return np.zeros(0)
-    coefficients = x @ asi
-    return np.max(np.abs(coefficients), axis=1)
+    gamma = np.zeros(x.shape[0])
+    if x.shape[0]:
+        extrapolation_grades_into(np.ascontiguousarray(x), np.arange(x.shape[0]), np.ascontiguousarray(asi), 1,
+                                  gamma)
+    return gamma
 
 
 def gamma_amplification(projections, inverse_active_set) -> np.ndarray:

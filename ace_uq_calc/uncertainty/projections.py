@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..evaluation import evaluate
+from ..engine.evaluate import evaluate
 from ..model.basis import ACEBasis
 
 

@@ -1,55 +1,9 @@
-"""Ensembles of potentials: mean and spread of energies, forces and stress.
-
-Per-atom force uncertainty as in the UQ study (uq-methods.md section 2):
-forces_dev_i = max_k ||F_k,i - mean_k F_k,i|| (eV/A). Standard deviations use ddof = 0 (the spread
-of the K members themselves).
+"""Posterior of a linear ridge fit: coefficient samples for ensembles, and the factor that widens the
+posterior spread to match held-out errors.
 """
 from __future__ import annotations
 
 import numpy as np
-
-ENSEMBLE_PROPERTIES = ["energy_std", "energies_std", "forces_std", "stress_std", "forces_dev"]
-
-
-def ensemble_statistics(energies, forces, stresses=None) -> dict:
-    """energies: (K, N) per-atom energies (eV); forces: (K, N, 3) eV/A; stresses: (K, 6) eV/A^3 or None.
-
-    Returns a dict with energy, energies, forces, stress (means) and energy_std, energies_std (N),
-    forces_std (N, 3), stress_std (6), forces_dev (N).
-    """
-    energies = np.asarray(energies, dtype=float)
-    forces = np.asarray(forces, dtype=float)
-    total = energies.sum(axis=1)
-    mean_forces = _mean(forces)
-    out = {
-        "energy": float(_mean(total)),
-        "energy_std": float(_std(total)),
-        "energies": _mean(energies),
-        "energies_std": _std(energies),
-        "forces": mean_forces,
-        "forces_std": _std(forces),
-        "forces_dev": (np.linalg.norm(forces - mean_forces[None], axis=2).max(axis=0)
-                       if forces.shape[1] else np.zeros(0)),
-    }
-    if stresses is not None:
-        stresses = np.asarray(stresses, dtype=float)
-        out["stress"] = _mean(stresses)
-        out["stress_std"] = _std(stresses)
-    return out
-
-
-def _mean(values: np.ndarray) -> np.ndarray:
-    """Mean over the members (axis 0); exactly the common value where all members agree (a sum of K
-    equal numbers divided by K can differ from the number by one rounding when K is not a power of 2)."""
-    mean = values.mean(axis=0)
-    if values.shape[0]:
-        mean = np.where(np.all(values == values[0], axis=0), values[0], mean)
-    return mean
-
-
-def _std(values: np.ndarray) -> np.ndarray:
-    """Standard deviation over the members (ddof = 0) about :func:`_mean` (exactly 0 where all agree)."""
-    return np.sqrt(np.mean((values - _mean(values)[None]) ** 2, axis=0))
 
 
 def _scaled_posterior(ata: np.ndarray, atb: np.ndarray, btb: float, rows: int, lam: float, m: int,
