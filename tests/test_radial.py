@@ -361,3 +361,13 @@ def test_table_argument_checks():
         build_radial_table(b, 4, 2, 1, 0.0)
     small = build_radial_table(bond(nradbase=4, crad=np.ones((1, 1, 2))), 4, 2, 1, 0.01)
     assert small.coefficients.shape[1] == 4 + 2 * 2 + 1
+
+
+def test_element_table_matches_ase():
+    """The package's own symbol -> Z table (model/elements.py, used for ZBL and file checks) equals ASE's."""
+    from ase.data import atomic_numbers
+
+    from ace_uq_calc.model.elements import ATOMIC_NUMBERS
+
+    assert len(ATOMIC_NUMBERS) == 118
+    assert all(atomic_numbers[symbol] == z for symbol, z in ATOMIC_NUMBERS.items())

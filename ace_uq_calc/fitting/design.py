@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine.evaluate import evaluate
-from ..kernels.fitting import linear_design_rows
+from ..kernels.fitting import FunctionSet, linear_design_rows
 from ..kernels.neighbours import build_neighbour_list
 from ..model.basis import ACEBasis
 
@@ -47,14 +47,11 @@ def structure_design(basis: ACEBasis, atoms, with_forces: bool = True) -> Struct
     forces = np.zeros((3 * n if with_forces else 0, m))
     virial = np.zeros((9, m))
     if with_forces:
-        linear_design_rows(
-            species, nl.first, nl.index, nl.vector, nl.distance,
-            basis.radial_tables, basis.radial_scale, basis.radial_nlut,
-            basis.nradbase, basis.nradmax, basis.lmax, basis.harmonic_norm,
-            basis.function_start, basis.function_rank, basis.function_a1_index, basis.function_ms_start,
-            basis.ms_coefficient, basis.ms_factor,
-            energy, forces, virial,
-        )
+        functions = FunctionSet(
+            basis.radial_tables, basis.radial_scale, basis.radial_nlut, int(basis.nradbase), int(basis.nradmax),
+            int(basis.lmax), basis.harmonic_norm, basis.function_start, basis.function_rank,
+            basis.function_a1_index, basis.function_ms_start, basis.ms_coefficient, basis.ms_factor)
+        linear_design_rows(species, nl, functions, energy, forces, virial)
     else:
         res = evaluate(basis, positions, cell, pbc, species, forces=False, projections=True,
                        neighbour_list=nl)

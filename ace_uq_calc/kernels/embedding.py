@@ -5,6 +5,8 @@ from numba import njit
 
 FINNIS_SINCLAIR = 0
 FINNIS_SINCLAIR_SHIFTED_SCALED = 1
+#: pacemaker's embedding names (``npoti``) -> the kind codes of :func:`embedding_value`
+EMBEDDING_KINDS = {"FinnisSinclair": FINNIS_SINCLAIR, "FinnisSinclairShiftedScaled": FINNIS_SINCLAIR_SHIFTED_SCALED}
 
 
 @njit(cache=True)

@@ -9,6 +9,8 @@ Per atom, the Jacobian dB_f/dA of every function (complex, m x nA) is contracted
 dA/dr_ij of all neighbours of one species at a time by two real matrix products (BLAS).
 Index conventions as in :mod:`ace_uq_calc.model.basis`.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -16,20 +18,60 @@ from .harmonics import spherical_harmonics
 from .radial import evaluate_radial_table
 
 
+class FunctionSet(NamedTuple):
+    """The B-functions of a basis as the design kernel reads them (see :mod:`ace_uq_calc.model.basis`).
+
+    radial_tables   (S*S, rows, ncol, 4) radial table per ordered bond (cubic Hermite coefficients)
+    radial_scale    (S*S,) knots per Angstrom;  radial_nlut (S*S,) number of knots
+    nradbase, nradmax, lmax  radial and angular sizes
+    harmonic_norm   (nlm,) spherical-harmonic normalisation
+    function_start  (S+1,) functions of element e: function_start[e]:function_start[e+1]
+    function_rank   (F,) rank;  function_a1_index (F,) flat A1 index of rank-1 functions
+    function_ms_start (F+1,) m-combinations of function g;  ms_coefficient (Q,) generalized CG;
+    ms_factor       (Q, max rank) flat A indices of the factors
+    """
+
+    radial_tables: np.ndarray
+    radial_scale: np.ndarray
+    radial_nlut: np.ndarray
+    nradbase: int
+    nradmax: int
+    lmax: int
+    harmonic_norm: np.ndarray
+    function_start: np.ndarray
+    function_rank: np.ndarray
+    function_a1_index: np.ndarray
+    function_ms_start: np.ndarray
+    ms_coefficient: np.ndarray
+    ms_factor: np.ndarray
+
+
 @njit(cache=True)
-def linear_design_rows(
-    species, first, neighbour, vector, distance,
-    radial_tables, radial_scale, radial_nlut,
-    nradbase, nradmax, lmax, harmonic_norm,
-    function_start, function_rank, function_a1_index, function_ms_start,
-    ms_coefficient, ms_factor,
-    energy_row, force_rows, virial_rows,
-):
-    """Fill energy_row (m,), force_rows (3N, m) and virial_rows (9, m) (all zero on entry).
+def linear_design_rows(species, neighbours, functions, energy_row, force_rows, virial_rows):
+    """Fill energy_row (m,), force_rows (3N, m) and virial_rows (9, m) (all zero on entry) of the
+    structure with species (N,) and CSR ``neighbours`` (:class:`~ace_uq_calc.kernels.neighbours.NeighbourList`);
+    ``functions``: :class:`FunctionSet`.
 
     force_rows[3k + a, g] = dF_{k,a}/dc_g (eV/A); virial_rows[3a + b, g] = sum (r_ij)_a (dB_g/dr_ij)_b (eV).
     Columns g are the global function indices (elements concatenated in species order).
     """
+    first = neighbours.first
+    neighbour = neighbours.index
+    vector = neighbours.vector
+    distance = neighbours.distance
+    radial_tables = functions.radial_tables
+    radial_scale = functions.radial_scale
+    radial_nlut = functions.radial_nlut
+    nradbase = functions.nradbase
+    nradmax = functions.nradmax
+    lmax = functions.lmax
+    harmonic_norm = functions.harmonic_norm
+    function_start = functions.function_start
+    function_rank = functions.function_rank
+    function_a1_index = functions.function_a1_index
+    function_ms_start = functions.function_ms_start
+    ms_coefficient = functions.ms_coefficient
+    ms_factor = functions.ms_factor
     n_atoms = species.shape[0]
     n_elements = function_start.shape[0] - 1
     nlm = (lmax + 1) * (lmax + 2) // 2

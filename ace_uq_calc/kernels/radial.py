@@ -59,3 +59,10 @@ def quintic_switch_scalar(t, a, delta):
     v = 1.0 - u2
     ds = -(15.0 / (8.0 * delta)) * v * v
     return s, ds
+
+
+@njit(cache=True)
+def quintic_switch_array(t, a, delta, values, derivatives):
+    """:func:`quintic_switch_scalar` of every entry of the 1-d array ``t`` into ``values``, ``derivatives``."""
+    for k in range(t.shape[0]):
+        values[k], derivatives[k] = quintic_switch_scalar(t[k], a, delta)

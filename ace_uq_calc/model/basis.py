@@ -21,14 +21,12 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from ase.data import atomic_numbers
-
 from ..kernels.harmonics import harmonic_normalisation
 from .coupling import complete_lint, generalized_cg
+from .elements import ATOMIC_NUMBERS
+from .embedding import embedding_kind
 from .radial import BondParameters, build_radial_table
 from .yaml_format import PotentialFile, PotentialFormatError, read_potential_file
-
-EMBEDDING_KIND = {"FinnisSinclair": 0, "FinnisSinclairShiftedScaled": 1}
 
 #: Refuse potentials whose radial lookup tables would exceed this (bytes). A five-element potential
 #: with nradbase 20, nradmax 15, lmax 6, r_c 8 A and pacemaker's knot spacing 0.001 A needs 0.8 GB.
@@ -192,8 +190,8 @@ def build_basis(pot: PotentialFile) -> ACEBasis:
                 inner_cutoff_type=bond.inner_cutoff_type,
                 core_repulsion=tuple(bond.core_repulsion),
                 radcoefficients=crad,
-                z_central=atomic_numbers[ea],
-                z_neighbour=atomic_numbers[eb],
+                z_central=ATOMIC_NUMBERS[ea],
+                z_neighbour=ATOMIC_NUMBERS[eb],
             )
             try:
                 table = build_radial_table(params, nradbase, nradmax, lmax, pot.delta_spline_bins)
@@ -298,7 +296,7 @@ def build_basis(pot: PotentialFile) -> ACEBasis:
         ndensity=i64([pot.embeddings[el].ndensity for el in elements]),
         embedding_weight=emb_w,
         embedding_exponent=emb_m,
-        embedding_kind=i64([EMBEDDING_KIND[pot.embeddings[el].npoti] for el in elements]),
+        embedding_kind=i64([embedding_kind(pot.embeddings[el].npoti) for el in elements]),
         rho_core_cut=f64([pot.embeddings[el].rho_core_cut for el in elements]),
         drho_core_cut=f64([pot.embeddings[el].drho_core_cut for el in elements]),
         yaml_index=yaml_index,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.embedding import embedding_value
-
-EMBEDDING_KINDS = {"FinnisSinclair": 0, "FinnisSinclairShiftedScaled": 1}
+from ..kernels.embedding import EMBEDDING_KINDS, embedding_value
 
 
 def embedding_kind(npoti: str) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels.radial import evaluate_radial_table, quintic_switch_array
+
 #: e^2 / (4 pi eps_0) in eV Angstrom with ASE's default (CODATA 2014) constants; spec 3.4.
 COULOMB_CONSTANT = 14.399645351950543
 
@@ -78,23 +80,14 @@ class RadialTable:
 # quintic switch (3.2)
 
 def quintic_switch(t, a: float, delta: float):
-    """S(t; a, delta) and dS/dt of spec 3.2, vectorised over t.
-
-    S = 1 for t <= a - delta (tested first: delta = 0 is a step with S(a) = 1), 0 for t >= a,
-    1/2 + 15/16 u - 5/8 u^3 + 3/16 u^5 with u = -1 - 2 (t - a) / delta in between.
-    """
+    """S(t; a, delta) and dS/dt of spec 3.2 for an array (or scalar) t, as arrays of t's shape; the
+    formula is the kernels' :func:`~ace_uq_calc.kernels.radial.quintic_switch_scalar`."""
     t = np.asarray(t, dtype=np.float64)
-    one = t <= a - delta
-    zero = (~one) & (t >= a)
-    inside = ~(one | zero)
-    d = delta if delta != 0.0 else 1.0          # only used where 'inside' (never when delta == 0)
-    u = -1.0 - 2.0 * (t - a) / d
-    u2 = u * u
-    s_in = 0.5 + u * (15.0 / 16.0 + u2 * (-5.0 / 8.0 + u2 * (3.0 / 16.0)))
-    ds_in = -(15.0 / (8.0 * d)) * (1.0 - u2) ** 2
-    s = np.where(one, 1.0, np.where(inside, s_in, 0.0))
-    ds = np.where(inside, ds_in, 0.0)
-    return s, ds
+    flat = np.ascontiguousarray(t.ravel())
+    s = np.empty_like(flat)
+    ds = np.empty_like(flat)
+    quintic_switch_array(flat, float(a), float(delta), s, ds)
+    return s.reshape(t.shape), ds.reshape(t.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,8 +424,6 @@ def evaluate_table(table: RadialTable, r):
 
     Returns (values, derivatives), each (len(r), ncol).
     """
-    from ..kernels.radial import evaluate_radial_table
-
     r = np.atleast_1d(np.asarray(r, dtype=np.float64))
     ncol = table.coefficients.shape[1]
     values = np.empty((r.size, ncol))

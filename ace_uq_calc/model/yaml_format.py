@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .elements import ATOMIC_NUMBERS
 
 
 class PotentialFormatError(ValueError):
@@ -368,9 +369,7 @@ def parse_potential(document, source: str = "<memory>") -> PotentialFile:
         blocks.append((symbols, fields))
 
     elements = sorted({s for symbols, _ in blocks for s in symbols})
-    from ase.data import atomic_numbers
-
-    bad = [s for s in elements if s not in atomic_numbers or s == "X"]
+    bad = [s for s in elements if s not in ATOMIC_NUMBERS]
     if bad:
         raise PotentialFormatError(f"{source}: unknown element symbols {bad} in speciesblock names")
 
