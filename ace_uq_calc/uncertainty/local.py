@@ -694,33 +694,6 @@ def local_results(local_active_set: LocalActiveSet, basis, species, evaluation, 
             "max_gamma_local": float(gamma.max()) if n else 0.0}
 
 
-def run_activeset_local_command(args) -> int:
-    """``ace-uq activeset POT TRAIN... --local [--clusters K | --cluster-by KEY] [--seed S] -o FILE``."""
-    import time
-
-    import ase.io
-
-    t0 = time.perf_counter()
-    if args.cluster_by is not None and args.clusters is not None:
-        raise ValueError("give either --clusters K or --cluster-by KEY, not both")
-    n_clusters = None
-    if args.clusters is not None and args.clusters != "auto":
-        try:
-            n_clusters = int(args.clusters)
-        except ValueError:
-            raise ValueError(f"--clusters must be an integer or 'auto', got {args.clusters!r}") from None
-    frames = [atoms for path in args.training for atoms in ase.io.read(path, index=":")]
-    local = build_local_active_set(args.potential, frames, cluster_by=args.cluster_by, n_clusters=n_clusters,
-                                   seed=args.seed, nonlinear=args.nonlinear, tolerance=args.tolerance)
-    local.save(args.output)
-    for el, cs in local.clusters.items():
-        reduced = int(np.count_nonzero(cs.distance_scale > 0))
-        print(f"{el}: {cs.n_clusters} clusters ({local.method}), width {cs.width}, atoms per cluster "
-              f"{cs.n_train.min()}..{cs.n_train.max()}, {reduced} reduced (rank < width)")
-    print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------------
 # the study's variant: several separately fitted potentials, each with its own active set
 # ----------------------------------------------------------------------------------------------------
