@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 
+from ..uncertainty.build import build_active_set_from_files
+from ..uncertainty.local import build_local_active_set
 from .common import read_structures
 
 
 def run_activeset(args) -> int:
-    from ..uncertainty.build import build_active_set_from_files
-
     if args.local or args.clusters is not None or args.cluster_by is not None:
         return run_local_activeset(args)
     t0 = time.perf_counter()
@@ -28,8 +28,6 @@ def run_activeset(args) -> int:
 
 def run_local_activeset(args) -> int:
     """``ace-uq activeset POT TRAIN... --local [--clusters K | --cluster-by KEY] [--seed S] -o FILE``."""
-    from ..uncertainty.local import build_local_active_set
-
     t0 = time.perf_counter()
     if args.cluster_by is not None and args.clusters is not None:
         raise ValueError("give either --clusters K or --cluster-by KEY, not both")

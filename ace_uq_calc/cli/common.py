@@ -1,6 +1,8 @@
 """What several sub-commands share: the ``--num-threads`` option and reading structure files."""
 from __future__ import annotations
 
+import ase.io
+
 
 def add_threads_option(parser) -> None:
     """``--num-threads N``: Numba threads of the calculator (``ACECalculator(num_threads=N)``)."""
@@ -10,6 +12,4 @@ def add_threads_option(parser) -> None:
 
 def read_structures(paths) -> list:
     """All frames of all files in ``paths`` (any format ASE reads), in order."""
-    import ase.io
-
     return [atoms for path in paths for atoms in ase.io.read(path, index=":")]

@@ -5,20 +5,18 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from ase import Atoms, units
+from ase.build import bulk
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+from ..calculator import ACECalculator
 from ..demo import example_files
 
 
 def run_demo(steps: int = 200, temperature: float = 600.0, seed: int = 0, interval: int = 20) -> int:
     """Langevin MD of 108 Cu atoms (``steps`` of 2 fs at ``temperature`` K, a line every ``interval``
     steps), then the maximum gamma of four probe structures."""
-    from ase import Atoms, units
-    from ase.build import bulk
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    from ..calculator import ACECalculator
-
     t_start = time.perf_counter()
     potential, active_set = example_files()
     calc = ACECalculator(potential, active_set=active_set)

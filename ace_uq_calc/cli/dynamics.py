@@ -6,12 +6,26 @@ import json
 import os
 import time
 
+import ase.io
 import numpy as np
+from ase import units
+from ase.filters import FrechetCellFilter
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS, FIRE
 
 from .._atomic_io import atomic_write
+from ..calculator import ACECalculator
+from ..io import write_frames
 from ..monitor import ALIASES, MEASURES, REDUCTIONS, UncertaintyMonitor, get_measure
 from ..progress import progress_bar
 from .common import add_threads_option
+
+try:
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:   # ASE < 3.29
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
 
 EXIT_HALTED = 3   # the run was stopped by the monitor (summary written); 2 is an error
 
@@ -34,8 +48,6 @@ def prepare_output_dir(outdir: str, overwrite: bool) -> dict:
 def monitored_calculator(args):
     """The calculator for md/relax, with a clear error when the options do not give it the watched
     measure."""
-    from ..calculator import ACECalculator
-
     measure = get_measure(args.measure)
     kwargs = {}
     if args.ensemble:
@@ -63,8 +75,6 @@ def monitored_calculator(args):
 def start_run(args):
     """(atoms, output paths) of md/relax: the last frame of ``--structure`` with the monitored calculator,
     and the prepared output directory."""
-    import ase.io
-
     calc = monitored_calculator(args)
     atoms = ase.io.read(args.structure)
     atoms.calc = calc
@@ -85,8 +95,6 @@ def make_monitor(args, atoms, paths, dynamics, trajectory_interval) -> Uncertain
 def finish(args, command, monitor, paths, atoms, extra: dict, t_start: float) -> int:
     """Write final.xyz and summary.json, print the summary; :data:`EXIT_HALTED` when the monitor halted
     the run, else 0."""
-    from ..io import write_frames
-
     if monitor.last_step is not None and monitor.last_trajectory_step != monitor.last_step:
         monitor.write_trajectory_frame()
     final = atoms.copy()
@@ -138,15 +146,6 @@ def run_with_progress(monitor, dynamics, label: str, quiet: bool, status, steps:
 
 
 def run_md(args) -> int:
-    from ase import units
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary
-    from ase.md.verlet import VelocityVerlet
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:   # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-
     if args.steps < 0 or args.timestep <= 0 or args.temperature < 0 or args.interval < 1:
         raise ValueError("--steps >= 0, --timestep > 0, --temperature >= 0 and --interval >= 1 are required")
     t_start = time.perf_counter()
@@ -177,10 +176,6 @@ def run_md(args) -> int:
 
 
 def run_relax(args) -> int:
-    from ase import units
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS, FIRE
-
     if args.steps < 0 or args.fmax <= 0 or args.interval < 1:
         raise ValueError("--steps >= 0, --fmax > 0 and --interval >= 1 are required")
     t_start = time.perf_counter()

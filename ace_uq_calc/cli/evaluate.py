@@ -6,6 +6,10 @@ import sys
 
 import numpy as np
 
+from ..calculator import ACECalculator
+from ..ensemble_evaluation import ensemble_members
+from ..fitting.metrics import error_table, format_table
+from ..io import write_frames
 from .common import add_threads_option, read_structures
 
 #: the former name of ``ace-uq errors``, still accepted
@@ -14,9 +18,6 @@ REPLACED_ERRORS_NAME = "eval"
 
 def run_evaluate(args) -> int:
     """Energy (eV), forces (eV/A) and, with active sets, gamma of every structure; one line each."""
-    from ..calculator import ACECalculator
-    from ..io import write_frames
-
     calc = ACECalculator(args.potential, active_set=args.active_set, num_threads=args.num_threads,
                          local_active_set=args.local_active_set)
     frames = read_structures([args.structures])
@@ -74,10 +75,6 @@ def ensemble_spread_lines(calc, frames) -> list:
 def run_errors(args) -> int:
     """Error table of each potential on ``args.data``; for an ensemble (several potentials or an ensemble
     file) the table of the ensemble mean and its spread."""
-    from ..calculator import ACECalculator
-    from ..ensemble_evaluation import ensemble_members
-    from ..fitting.metrics import error_table, format_table
-
     if args.command == REPLACED_ERRORS_NAME:
         print(f"ace-uq: 'ace-uq {REPLACED_ERRORS_NAME}' was replaced by 'ace-uq errors' (same arguments); "
               "running that", file=sys.stderr)

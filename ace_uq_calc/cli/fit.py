@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ..calculator import ACECalculator
 from ..fitting.basis_construction import BasisLimits
+from ..fitting.ensemble_fit import ensemble_potentials, write_ensemble
 from ..fitting.linear_fit import FitWeights
 from ..fitting.metrics import error_table, format_table
 from ..fitting.recipe import (
@@ -12,6 +14,7 @@ from ..fitting.recipe import (
 )
 from ..model.basis import build_basis
 from ..model.yaml_format import RADIAL_BASES, write_potential_file
+from ..uncertainty.build import build_active_set
 from .common import read_structures
 from .evaluate import ensemble_spread_lines
 
@@ -25,8 +28,6 @@ def _int_list(text: str, option: str) -> tuple:
 
 
 def run_fit(args) -> int:
-    from ..calculator import ACECalculator
-
     train = read_structures(args.training)
     weights = FitWeights(energy=args.energy_weight, forces=args.force_weight, stress=args.stress_weight)
     limits = None
@@ -49,8 +50,6 @@ def run_fit(args) -> int:
     if args.test:
         print(format_table(error_table([calc], read_structures(args.test)), "\ntest set"))
     if args.active_set:
-        from ..uncertainty.build import build_active_set
-
         active = build_active_set(basis, train, progress=not args.quiet)
         active.save(args.active_set)
         print(f"wrote active set {args.active_set}")
@@ -62,9 +61,6 @@ def run_fit(args) -> int:
 def print_ensemble_fit(args, basis, result, train, weights) -> None:
     """``ace-uq fit --ensemble K``: build, write and evaluate the members (training and test tables of the
     ensemble mean, and its spread)."""
-    from ..calculator import ACECalculator
-    from ..fitting.ensemble_fit import ensemble_potentials, write_ensemble
-
     members = ensemble_potentials(basis, result, args.ensemble_method, args.ensemble, frames=train,
                                   weights=weights, seed=args.seed, progress=not args.quiet)
     paths, ensemble_file = write_ensemble(members, args.output)

@@ -1,10 +1,10 @@
 """``ace-uq info POT.yaml``: a summary of a potential file."""
 from __future__ import annotations
 
+from ..model.basis import load_basis
+
 
 def run_info(args) -> int:
-    from ..model.basis import load_basis
-
     basis = load_basis(args.potential)
     pot = basis.potential
     print(f"potential      {pot.source}")

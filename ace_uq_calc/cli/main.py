@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Each sub-command module imports at its top what its parser needs; modules only a command needs and
-# that are slow to import (ase.io and ASE's dynamics, the calculator and other Numba-using modules,
-# matplotlib) are imported inside the command functions, so that building the parser (``ace-uq --help``)
-# does not load them.
+# Imports are at the tops of the sub-command modules, with one exception: matplotlib (through
+# ace_uq_calc.report.uq_report, ~0.9 s) is imported inside ``uq-report``'s command function, so that
+# building the parser (``ace-uq --help``) does not load it. The other heavy modules (ase.io, Numba and the
+# kernels) are loaded by the parser anyway -- the monitor's measure choices and the fit's defaults need
+# them -- so deferring their imports would only hide the structure.
 from . import activeset, demo, dynamics, evaluate, fit, info, report
 
 #: the modules contributing sub-commands, in the order ``ace-uq --help`` lists them

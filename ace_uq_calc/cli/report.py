@@ -5,22 +5,21 @@ from __future__ import annotations
 import os
 import sys
 
+from ..calculator import ACECalculator
 from ..progress import progress_bar
+from ..report.collect import collect
+from ..uncertainty.calibration import fit_error_calibration
 from .common import add_threads_option, read_structures
 
 
 def collect_with_progress(calc, frames, label: str, enabled: bool):
     """:func:`ace_uq_calc.report.collect.collect` of ``frames`` with a progress bar over the structures."""
-    from ..report.collect import collect
-
     with progress_bar(len(frames), label, enabled, unit="structure") as bar:
         return collect(calc, frames, lambda done, total: bar.update(done - bar.n))
 
 
 def run_uq_report(args) -> int:
-    from ..calculator import ACECalculator
-    from ..report.uq_report import write_report
-    from ..uncertainty.calibration import fit_error_calibration
+    from ..report.uq_report import write_report    # matplotlib: see the note in cli/main.py
 
     options = {"num_threads": args.num_threads}
     if args.active_set:
