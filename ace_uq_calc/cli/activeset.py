@@ -12,6 +12,7 @@ from .common import read_structures
 
 
 def run_activeset(args) -> int:
+    """Build, save and summarise the active set (rows and condition number per element)."""
     if args.local or args.clusters is not None or args.cluster_by is not None:
         return run_local_activeset(args)
     t0 = time.perf_counter()

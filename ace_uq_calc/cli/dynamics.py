@@ -146,6 +146,8 @@ def run_with_progress(monitor, dynamics, label: str, quiet: bool, status, steps:
 
 
 def run_md(args) -> int:
+    """Langevin or NVE MD from Maxwell-Boltzmann velocities at ``--temperature`` K (``--timestep`` fs,
+    ``--friction`` 1/fs), watched by the monitor."""
     if args.steps < 0 or args.timestep <= 0 or args.temperature < 0 or args.interval < 1:
         raise ValueError("--steps >= 0, --timestep > 0, --temperature >= 0 and --interval >= 1 are required")
     t_start = time.perf_counter()
@@ -176,6 +178,8 @@ def run_md(args) -> int:
 
 
 def run_relax(args) -> int:
+    """BFGS or FIRE relaxation to ``--fmax`` eV/A, with ``--cell`` of the cell too at ``--pressure`` GPa,
+    watched by the monitor."""
     if args.steps < 0 or args.fmax <= 0 or args.interval < 1:
         raise ValueError("--steps >= 0, --fmax > 0 and --interval >= 1 are required")
     t_start = time.perf_counter()

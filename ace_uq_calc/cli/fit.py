@@ -28,6 +28,8 @@ def _int_list(text: str, option: str) -> tuple:
 
 
 def run_fit(args) -> int:
+    """Fit, write the potential (energies eV, forces eV/A) and print its training and test error tables;
+    optionally build its active set and an ensemble."""
     train = read_structures(args.training)
     weights = FitWeights(energy=args.energy_weight, forces=args.force_weight, stress=args.stress_weight)
     limits = None

@@ -5,6 +5,7 @@ from ..model.basis import load_basis
 
 
 def run_info(args) -> int:
+    """Elements, functions per rank, radial sizes and cut-off (A) of the potential."""
     basis = load_basis(args.potential)
     pot = basis.potential
     print(f"potential      {pot.source}")

@@ -19,6 +19,8 @@ def collect_with_progress(calc, frames, label: str, enabled: bool):
 
 
 def run_uq_report(args) -> int:
+    """Collect errors and uncertainties on the test (and novel) data, optionally fit an error calibration,
+    and write report.md, metrics.json and the plots."""
     from ..report.uq_report import write_report    # matplotlib: see the note in cli/main.py
 
     options = {"num_threads": args.num_threads}
