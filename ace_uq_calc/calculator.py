@@ -11,7 +11,11 @@ positive when the energy rises on expansion), gamma dimensionless.
 from __future__ import annotations
 
 import numpy as np
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import (
+    Calculator,
+    PropertyNotImplementedError,
+    all_changes,
+)
 
 from .engine.model import Model
 from .engine.results import model_results

@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from protocol import split_by_structure    # noqa: E402  (benchmarks/, next to this script)
+from protocol import split_by_structure  # noqa: E402  (benchmarks/, next to this script)
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT.parent / "shared" / "data"
@@ -153,7 +153,11 @@ def split_table(rows) -> list:
 
 
 def report(zuo_rows, split_rows, header) -> str:
-    from ace_uq_calc.fitting.recipe import DEFAULT_CUTOFF, DEFAULT_FUNCTIONS, DEFAULT_WEIGHTS
+    from ace_uq_calc.fitting.recipe import (
+        DEFAULT_CUTOFF,
+        DEFAULT_FUNCTIONS,
+        DEFAULT_WEIGHTS,
+    )
 
     w = DEFAULT_WEIGHTS
     out = [f"Recipe: cut-off {DEFAULT_CUTOFF} A, at most {DEFAULT_FUNCTIONS} functions per element before pruning, "

@@ -25,8 +25,7 @@ import time
 import warnings
 
 import numpy as np
-
-from protocol import split_indices    # noqa: E402  (benchmarks/, next to this script)
+from protocol import split_indices  # noqa: E402  (benchmarks/, next to this script)
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "W_uq")
 
@@ -120,7 +119,9 @@ def local_grade_fn(las):
 
 def run(regime, functions, seeds, cache, variants):
     from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
-    from ace_uq_calc.uncertainty.local_build import build_local_active_set_from_projections
+    from ace_uq_calc.uncertainty.local_build import (
+        build_local_active_set_from_projections,
+    )
 
     print(f"== {regime} regime, fit with functions={functions}")
     if regime == "heterogeneous":

@@ -33,8 +33,7 @@ import time
 import warnings
 
 import numpy as np
-
-from protocol import split_indices    # noqa: E402  (benchmarks/, next to this script)
+from protocol import split_indices  # noqa: E402  (benchmarks/, next to this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "W_uq")
@@ -159,7 +158,9 @@ BASELINE = dict(n_clusters=15, pca_variance=1.0, n_init=1)      # plain k-means 
 def study_case(regime: str, functions: int, ensemble: int, work: str, seeds=SEEDS) -> dict:
     from ace_uq_calc.report.uq_report import uq_metrics
     from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
-    from ace_uq_calc.uncertainty.local_build import build_local_active_set_from_projections
+    from ace_uq_calc.uncertainty.local_build import (
+        build_local_active_set_from_projections,
+    )
 
     tag = regime[:3]
     log(f"== {regime}, functions={functions}")
@@ -274,7 +275,7 @@ def main(argv=None):
             seeds = SEEDS if regime == "heterogeneous" else SEEDS[: args.homogeneous_seeds]
             results[f"{regime}/{functions}"] = study_case(regime, functions, args.ensemble, args.work, seeds)
     elapsed = time.perf_counter() - t0
-    from uq_study_doc import write_document   # noqa: E402  (next to this script)
+    from uq_study_doc import write_document  # noqa: E402  (next to this script)
 
     write_document(results, args, elapsed)
     if args.json:

@@ -23,15 +23,21 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 
 try:
-    from ase.md.velocitydistribution import thermalize_momenta as MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import (
+        thermalize_momenta as MaxwellBoltzmannDistribution,
+    )
 except ImportError:  # ASE < 3.29
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from ace_uq_calc import ACECalculator
-from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
+from ace_uq_calc.fitting.basis_construction import (
+    BasisLimits,
+    new_potential,
+    prune_dependent_functions,
+)
 from ace_uq_calc.fitting.linear_fit import FitWeights, fit_linear
-from ace_uq_calc.monitor import UncertaintyMonitor
 from ace_uq_calc.model.basis import build_basis
+from ace_uq_calc.monitor import UncertaintyMonitor
 from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
 from ace_uq_calc.uncertainty.projections import structure_projections
 

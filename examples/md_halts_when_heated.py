@@ -25,7 +25,9 @@ from ace_uq_calc.monitor import UncertaintyMonitor
 try:
     from ase.md.velocitydistribution import thermalize_momenta
 except ImportError:  # ASE < 3.29
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    from ase.md.velocitydistribution import (
+        MaxwellBoltzmannDistribution as thermalize_momenta,
+    )
 
 outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join("example_output", "md_halts_when_heated")
 os.makedirs(outdir, exist_ok=True)

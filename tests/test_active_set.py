@@ -203,7 +203,7 @@ def test_progress_bar_goes_to_stderr(capsys):
     build_active_set_from_projections({"W": random_projections(rng, 300, 8)}, batch_size=50, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "W pass 1" in captured.err and "300 environments" in captured.err
+    assert "W: 100%" in captured.err and "300/300" in captured.err and "pass " in captured.err
 
 
 def test_rank_deficient_data_warns_and_stays_finite():

@@ -3,7 +3,6 @@ the file round-trips through the CLI, and gamma equals an independent NumPy eval
 import numpy as np
 import pytest
 from ase.build import bulk
-
 from conftest import fixture_file
 
 

@@ -45,7 +45,7 @@ def test_md_end_to_end(model, structure, tmp_path, capsys):
     assert len(ase.io.read(out / "final.xyz")) == 32
     captured = capsys.readouterr()
     assert "12 of 12 steps; completed" in captured.out and "max gamma" in captured.out
-    assert "md 12/12" in captured.err                                # the progress line
+    assert "md: 100%" in captured.err and "12/12" in captured.err  # the progress bar
     # a second run into the same directory refuses to clobber it
     rc = main(["md", pot, "--active-set", asi, "--structure", structure, "--temperature", "300",
                "--steps", "2", "--timestep", "2", "-o", str(out)])

@@ -19,7 +19,6 @@ import numba
 import numpy as np
 import pytest
 from ase.build import bulk
-
 from conftest import PROJECT_ROOT, fixture_file
 
 from ace_uq_calc import ACECalculator, ActiveSet

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import yaml
-
 from conftest import FIXTURES, require_shared
 
 from ace_uq_calc.model.coupling import (

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
+from conftest import FIXTURES, fixture_file, require_shared
+from test_fitting import _labelled_frames, _teacher, _training_file
 
 from ace_uq_calc import ACECalculator
 from ace_uq_calc.engine.evaluate import evaluate, evaluate_shared
@@ -18,9 +20,6 @@ from ace_uq_calc.engine.model import Model, shared_basis_mismatch
 from ace_uq_calc.engine.statistics import ENSEMBLE_PROPERTIES
 from ace_uq_calc.model.basis import load_basis
 from ace_uq_calc.model.ensemble_file import read_ensemble_file, write_ensemble_file
-
-from conftest import FIXTURES, fixture_file, require_shared
-from test_fitting import _labelled_frames, _teacher, _training_file
 
 RESULT_KEYS = {"energy", "free_energy", "forces", "stress", "energies"} | set(ENSEMBLE_PROPERTIES)
 
@@ -217,7 +216,11 @@ def test_implemented_properties_cover_every_result_and_single_models_keep_workin
 
 
 def test_reference_energies_are_per_member(tmp_path):
-    from ace_uq_calc.model.yaml_format import REFERENCE_ENERGY_KEY, read_potential_file, write_potential_file
+    from ace_uq_calc.model.yaml_format import (
+        REFERENCE_ENERGY_KEY,
+        read_potential_file,
+        write_potential_file,
+    )
 
     pot = read_potential_file(fixture_file("Cu_fs500.yaml"))
     paths = []

@@ -7,7 +7,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 def _teacher(seed=0):
     """A small random linear Cu potential (the 'truth' of the synthetic data)."""
-    from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
+    from ace_uq_calc.fitting.basis_construction import (
+        BasisLimits,
+        new_potential,
+        prune_dependent_functions,
+    )
 
     pot = new_potential(["Cu"], BasisLimits((5, 3, 2), (0, 2, 1)), rcut=4.5)
     pot = prune_dependent_functions(pot, count=150)
@@ -60,7 +64,12 @@ def test_fit_recovers_known_coefficients():
 
 
 def test_streamed_assembly_equals_dense():
-    from ace_uq_calc.fitting.linear_fit import FitWeights, _norms, assemble, structure_rows
+    from ace_uq_calc.fitting.linear_fit import (
+        FitWeights,
+        _norms,
+        assemble,
+        structure_rows,
+    )
     from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
@@ -176,7 +185,11 @@ def test_cli_fit_basis_flags(tmp_path, capsys):
 
 def _ternary_teacher(seed=2):
     """A random linear Al-Cu-Ni potential: every bond type and mixed-element functions up to rank 3."""
-    from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
+    from ace_uq_calc.fitting.basis_construction import (
+        BasisLimits,
+        new_potential,
+        prune_dependent_functions,
+    )
 
     pot = new_potential(["Al", "Cu", "Ni"], BasisLimits((4, 2, 1), (0, 1, 1)), rcut=4.5)
     pot = prune_dependent_functions(pot, count=300)

@@ -4,7 +4,6 @@ import dataclasses
 import numpy as np
 import pytest
 from ase.build import bulk
-
 from conftest import fixture_file
 
 

@@ -5,7 +5,6 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
-
 from test_fitting import _labelled_frames, _teacher
 
 
@@ -45,7 +44,11 @@ def test_worker_error_is_raised_with_its_traceback(monkeypatch):
 
 def test_reference_energies_of_fixed_composition_are_split_with_a_warning():
     """Every structure AB: only E0_A + E0_B is determined; the fit warns and stays finite."""
-    from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
+    from ace_uq_calc.fitting.basis_construction import (
+        BasisLimits,
+        new_potential,
+        prune_dependent_functions,
+    )
     from ace_uq_calc.fitting.linear_fit import fit_linear
 
     pot = prune_dependent_functions(new_potential(["Al", "Ti"], BasisLimits((4, 2), (0, 1)), rcut=4.5), count=100)

@@ -16,10 +16,9 @@ import itertools
 import numpy as np
 import pytest
 from ase import Atoms
+from conftest import fixture_file
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from conftest import fixture_file
 
 from ace_uq_calc import ACECalculator, ActiveSet
 from ace_uq_calc.model.basis import load_basis

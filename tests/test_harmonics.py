@@ -3,7 +3,11 @@ import numpy as np
 import pytest
 from scipy import special
 
-from ace_uq_calc.kernels.harmonics import harmonic_count, harmonic_normalisation, spherical_harmonics
+from ace_uq_calc.kernels.harmonics import (
+    harmonic_count,
+    harmonic_normalisation,
+    spherical_harmonics,
+)
 
 
 def _evaluate(lmax, vec):

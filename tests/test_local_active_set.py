@@ -6,19 +6,25 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from conftest import TEST_DATA, fixture_file
 
 from ace_uq_calc import ACECalculator
 from ace_uq_calc.cli import main
 from ace_uq_calc.demo import example_files
 from ace_uq_calc.model.basis import load_basis
-from ace_uq_calc.uncertainty.active_set import AceUqWarning, build_active_set_from_projections
+from ace_uq_calc.uncertainty.active_set import (
+    AceUqWarning,
+    build_active_set_from_projections,
+)
 from ace_uq_calc.uncertainty.local_active_set import LocalActiveSet
 from ace_uq_calc.uncertainty.local_build import (
-    build_cluster_set, build_local_active_set, build_local_active_set_from_projections, cluster_operator,
-    min_grade_over_models, training_projections,
+    build_cluster_set,
+    build_local_active_set,
+    build_local_active_set_from_projections,
+    cluster_operator,
+    min_grade_over_models,
+    training_projections,
 )
-
-from conftest import TEST_DATA, fixture_file
 
 TOLERANCE = 1.001
 

@@ -20,8 +20,13 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE
 
 from ace_uq_calc.monitor import (
-    MEASURES, ExtrapolationHalt, IsolatedAtomsWarning, MeasureUnavailableError, StepRecord,
-    UncertaintyMonitor, get_measure,
+    MEASURES,
+    ExtrapolationHalt,
+    IsolatedAtomsWarning,
+    MeasureUnavailableError,
+    StepRecord,
+    UncertaintyMonitor,
+    get_measure,
 )
 
 

@@ -3,7 +3,6 @@ section 13.4 tolerances: energies, per-atom energies, forces, stress, projection
 import numpy as np
 import pytest
 from ase import Atoms
-
 from conftest import fixture_file
 
 POTENTIALS = ["Cu_fs500", "AlNi_fs", "W_defect"]

@@ -17,7 +17,6 @@ from ase import units
 from ase.build import bulk
 from ase.calculators.calculator import compare_atoms
 from ase.md.verlet import VelocityVerlet
-
 from conftest import fixture_file
 
 from ace_uq_calc import ACECalculator, ActiveSet

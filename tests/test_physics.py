@@ -19,7 +19,6 @@ import pytest
 from ase import Atoms
 from ase.build import bcc100, bulk, fcc100, fcc111
 from ase.calculators.calculator import PropertyNotImplementedError
-
 from conftest import FIXTURES, require_shared
 
 POTENTIALS = ["Cu_fs500", "AlNi_fs", "W_defect"]

@@ -124,7 +124,11 @@ def test_pacemaker_reproduces_the_bundled_fitted_model(tmp_path):
 
 @pytest.mark.parametrize("radial_basis", ["SBessel", "ChebExpCos", "ChebPow"])
 def test_pacemaker_reproduces_a_fresh_two_element_fit_and_its_active_set(tmp_path, radial_basis):
-    from ace_uq_calc.fitting.basis_construction import BasisLimits, new_potential, prune_dependent_functions
+    from ace_uq_calc.fitting.basis_construction import (
+        BasisLimits,
+        new_potential,
+        prune_dependent_functions,
+    )
     from ace_uq_calc.fitting.linear_fit import fit_linear
     from ace_uq_calc.model.yaml_format import write_potential_file
     from ace_uq_calc.uncertainty.build import build_active_set

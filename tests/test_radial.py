@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from conftest import FIXTURES, require_shared
 
 from ace_uq_calc.kernels.embedding import embedding_value

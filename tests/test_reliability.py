@@ -23,7 +23,6 @@ import pytest
 import yaml
 from ase import Atoms
 from ase.build import bulk
-
 from conftest import FIXTURES, PROJECT_ROOT, fixture_file, require_shared
 
 from ace_uq_calc import ACECalculator, ActiveSet, PotentialFormatError
@@ -181,7 +180,10 @@ def test_atoms_closer_than_minimum_distance_are_named(calc, case):
 
 
 def test_neighbour_list_reports_coincident_atoms_with_distance_zero(alni_basis):
-    from ace_uq_calc.kernels.neighbours import build_neighbour_list, minimum_pair_distance
+    from ace_uq_calc.kernels.neighbours import (
+        build_neighbour_list,
+        minimum_pair_distance,
+    )
 
     cell = np.eye(3) * 6.0
     nl = build_neighbour_list(np.array([[0.0, 0, 0], [6.0, 0, 0]]), cell, [True] * 3, np.array([0, 1]),

@@ -15,7 +15,6 @@ from scipy import special
 from ace_uq_calc.report import metrics as m
 from ace_uq_calc.uncertainty.calibration import ErrorCalibration, fit_error_calibration
 
-
 # ---- metrics against brute force ---------------------------------------------------------------------
 
 def _auc_brute(neg, pos):

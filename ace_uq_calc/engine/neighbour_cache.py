@@ -4,7 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.checks import max_squared_displacement
-from ..kernels.neighbours import NeighbourList, build_neighbour_list, refresh_neighbour_list
+from ..kernels.neighbours import (
+    NeighbourList,
+    build_neighbour_list,
+    refresh_neighbour_list,
+)
 from ..model.basis import ACEBasis
 from .structure import check_duplicate_positions, check_image_density
 

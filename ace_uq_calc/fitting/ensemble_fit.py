@@ -32,8 +32,16 @@ import numpy as np
 from ..model.basis import ACEBasis
 from ..model.ensemble_file import write_ensemble_file
 from ..model.yaml_format import write_potential_file
+from ..progress import progress_bar
+from .linear_fit import (
+    FitResult,
+    NormalEquations,
+    _assemble_chunk,
+    _norms,
+    fitted_potential,
+    solve_ridge,
+)
 from .posterior import posterior_samples
-from .linear_fit import FitResult, NormalEquations, _assemble_chunk, _norms, fitted_potential, solve_ridge
 
 METHODS = ("posterior", "bootstrap")
 DEFAULT_METHOD = "posterior"
@@ -74,21 +82,16 @@ def bootstrap_members(basis: ACEBasis, result: FitResult, frames, weights, count
                       progress: bool = False) -> list:
     """``count`` coefficient vectors from ridge refits (strength ``result.regularisation``) on bootstrap
     resamples of ``frames`` (the structures the fit used, same weights)."""
-    import sys
-
     frames = [a for a in frames if len(a) > 0]
     m = int(basis.function_start[-1])
     ncols = m + basis.n_elements
     norms = _norms(frames, weights)
     blocks = _blocks(len(frames), ncols)
     parts = []
-    for b, (lo, hi) in enumerate(blocks):
-        parts.append(_assemble_chunk(basis, frames[lo:hi], weights, norms, result.fixed_e0, result.e0_offset))
-        if progress:
-            sys.stderr.write(f"\rbootstrap: assembling block {b + 1}/{len(blocks)}")
-            sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\n")
+    with progress_bar(len(blocks), "bootstrap: assembling", progress, unit="block") as bar:
+        for lo, hi in blocks:
+            parts.append(_assemble_chunk(basis, frames[lo:hi], weights, norms, result.fixed_e0, result.e0_offset))
+            bar.update(1)
     rng = np.random.default_rng(seed)
     members = []
     for _ in range(count):

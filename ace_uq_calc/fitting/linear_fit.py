@@ -36,12 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..model.basis import ACEBasis, build_basis
-from ..model.yaml_format import REFERENCE_ENERGY_KEY, PotentialFile, reference_energies_of  # noqa: F401
-from .posterior import posterior_scale_from_validation
+from ..model.yaml_format import (  # noqa: F401
+    REFERENCE_ENERGY_KEY,
+    PotentialFile,
+    reference_energies_of,
+)
+from ..progress import progress_bar
 from .design import is_linear, structure_design
-
+from .posterior import posterior_scale_from_validation
 
 
 @dataclass
@@ -192,27 +197,6 @@ def _norms(frames, weights: FitWeights) -> dict:
     return {"energy": max(n_struct, 1), "forces": max(n_force, 1), "stress": max(n_stress, 1)}
 
 
-class _Progress:
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.start = time.perf_counter()
-        self.last = -1
-
-    def update(self, done: int) -> None:
-        if not self.enabled or self.total == 0:
-            return
-        pct = int(100 * done / self.total)
-        if pct == self.last and done != self.total:
-            return
-        self.last = pct
-        bar = "#" * (pct * 30 // 100)
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {pct:3d}% {done}/{self.total} "
-                         f"{time.perf_counter() - self.start:6.1f} s")
-        if done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def _chunks(frames) -> list:
     """Consecutive index ranges [(start, stop), ...] of at least CHUNK_ATOMS atoms (the last may be smaller)."""
     out, start, atoms = [], 0, 0
@@ -280,21 +264,19 @@ def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0
     frames = list(frames)
     chunks = _chunks(frames)
     ncols = int(basis.function_start[-1]) + basis.n_elements
-    bar = _Progress(sum(len(a) for a in frames), label + " (atoms)", progress)
-    if pool is not None:
-        return pool.assemble(frames, chunks, bar)
-    own = _start_workers(_resolve_workers(workers, frames, basis, len(chunks)), basis, weights, norms, fixed_e0,
-                         e0_offset)
-    if own is not None:
-        with own:
-            return own.assemble(frames, chunks, bar)
-    eq = NormalEquations.empty(ncols)
-    done = 0
-    for start, stop in chunks:
-        eq += _assemble_chunk(basis, frames[start:stop], weights, norms, fixed_e0, e0_offset)
-        done += sum(len(a) for a in frames[start:stop])
-        bar.update(done)
-    return eq
+    with progress_bar(sum(len(a) for a in frames), label, progress, unit="atom") as bar:
+        if pool is not None:
+            return pool.assemble(frames, chunks, bar)
+        own = _start_workers(_resolve_workers(workers, frames, basis, len(chunks)), basis, weights, norms,
+                             fixed_e0, e0_offset)
+        if own is not None:
+            with own:
+                return own.assemble(frames, chunks, bar)
+        eq = NormalEquations.empty(ncols)
+        for start, stop in chunks:
+            eq += _assemble_chunk(basis, frames[start:stop], weights, norms, fixed_e0, e0_offset)
+            bar.update(sum(len(a) for a in frames[start:stop]))
+        return eq
 
 
 class _WorkerStartError(RuntimeError):
@@ -383,7 +365,7 @@ class _AssemblyWorkers:
                 proc.stdout.close()
         self.procs = []
 
-    def assemble(self, frames, chunks, bar: "_Progress") -> NormalEquations:
+    def assemble(self, frames, chunks, bar: tqdm) -> NormalEquations:
         """Normal equations of ``frames``: chunks dispatched to the workers as they become free,
         results summed in chunk order."""
         results: dict = {}
@@ -419,7 +401,6 @@ class _AssemblyWorkers:
         for t in threads:
             t.start()
         total = None
-        done_atoms = 0
         for key in range(len(chunks)):
             with cond:
                 while key not in results and not failure:
@@ -432,8 +413,7 @@ class _AssemblyWorkers:
             else:
                 total += eq
             start, stop = chunks[key]
-            done_atoms += sum(len(a) for a in frames[start:stop])
-            bar.update(done_atoms)
+            bar.update(sum(len(a) for a in frames[start:stop]))
         if failure:
             self.close(kill=True)
             for t in threads:

@@ -14,7 +14,12 @@ import time
 
 from ..model.yaml_format import RADIAL_BASES
 from .basis_construction import (
-    BasisLimits, basis_for_size, check_body_order, check_limits, count_functions, new_potential,
+    BasisLimits,
+    basis_for_size,
+    check_body_order,
+    check_limits,
+    count_functions,
+    new_potential,
     prune_dependent_functions,
 )
 from .linear_fit import FitResult, FitWeights, fit_linear

@@ -24,7 +24,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .atom_stages import FMA_ONLY, energy_switch, fold_negative_m, neighbour_stage, pair_gradients, tree_values
+from .atom_stages import (
+    FMA_ONLY,
+    energy_switch,
+    fold_negative_m,
+    neighbour_stage,
+    pair_gradients,
+    tree_values,
+)
 from .embedding import embedding_value
 from .inputs import atom_scratch
 

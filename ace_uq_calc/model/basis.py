@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
 from ..kernels.harmonics import harmonic_normalisation
 from .coupling import complete_lint, generalized_cg
 from .elements import ATOMIC_NUMBERS

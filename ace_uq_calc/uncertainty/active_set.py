@@ -21,15 +21,16 @@ which is what the warning is about.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import scipy.linalg
+from tqdm import tqdm
 
 from .._atomic_io import atomic_write
+from ..progress import progress_bar
 from .grades import extrapolation_grade, extrapolation_grades_into
 
 #: cond(A_active) above which building an active set warns (fitted potentials reach 1e9 to 1e10).
@@ -213,33 +214,6 @@ def maxvol(matrix, tolerance: float = 1.001, max_iterations: int | None = None,
 # streaming selection
 # ----------------------------------------------------------------------------------------------------
 
-class _ProgressLine:
-    """A one-line console progress display on stderr (carriage return, no dependency)."""
-
-    def __init__(self, label: str, total_rows: int | None, stream=None):
-        self.label, self.total_rows = label, total_rows
-        self.stream = stream if stream is not None else sys.stderr
-        self.width = 0
-
-    def update(self, pass_index: int, rows_done: int, active_rank: int, n_functions: int) -> None:
-        if self.total_rows:
-            fraction = min(1.0, rows_done / self.total_rows)
-            filled = int(round(30 * fraction))
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% "
-        else:
-            bar = ""
-        text = (f"{self.label} pass {pass_index + 1}: {bar}{rows_done} environments, "
-                f"active set rank {active_rank}/{n_functions}")
-        self.stream.write("\r" + text.ljust(self.width))
-        self.stream.flush()
-        self.width = len(text)
-
-    def close(self) -> None:
-        if self.width:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 @dataclass
 class StreamingResult:
     """Outcome of a streaming selection (see :func:`select_rows_streaming`)."""
@@ -337,13 +311,17 @@ def _as_batch_factory(batches) -> tuple[Callable[[], Iterator], bool]:
 
 def select_rows_streaming(batches, n_functions: int | None = None, tolerance: float = 1.001,
                           max_passes: int = 20, max_iterations: int | None = None,
-                          progress: _ProgressLine | None = None) -> StreamingResult:
-    """Streaming MaxVol without warnings; see :func:`select_active_set_streaming` for the parameters."""
+                          progress: tqdm | None = None) -> StreamingResult:
+    """Streaming MaxVol without warnings; see :func:`select_active_set_streaming` for the parameters.
+
+    progress: a bar (:func:`ace_uq_calc.progress.progress_bar`) counting the rows of each pass."""
     factory, reiterable = _as_batch_factory(batches)
     state = None
     passes, converged = 0, False
     for pass_index in range(max_passes):
-        changed, rows_done = False, 0
+        changed = False
+        if progress is not None and pass_index:
+            progress.reset()
         for batch in factory():
             x = _checked_batch(batch, n_functions)
             if x.shape[0] == 0:
@@ -352,9 +330,10 @@ def select_rows_streaming(batches, n_functions: int | None = None, tolerance: fl
                 n_functions = x.shape[1]
                 state = _ActiveRows(n_functions, tolerance, max_iterations)
             changed |= state.absorb(x)
-            rows_done += x.shape[0]
             if progress is not None:
-                progress.update(pass_index, rows_done, state.rank, n_functions)
+                progress.set_postfix_str(f"pass {pass_index + 1}, active set rank {state.rank}/{n_functions}",
+                                         refresh=False)
+                progress.update(x.shape[0])
         passes = pass_index + 1
         if state is None:
             raise ValueError("no training projections: every batch was empty")
@@ -632,7 +611,7 @@ def build_active_set_from_projections(projections_by_element: Mapping, tolerance
         :func:`select_active_set_streaming` (preferably a callable returning a fresh batch iterator).
     tolerance : MaxVol tolerance (pacemaker's default 1.001)
     nonlinear : whether the projections are the non-linear ones (recorded in the result)
-    progress : print a one-line progress display per element on stderr
+    progress : show a progress bar per element on stderr
     condition_warning : warn (AceUqWarning) when cond(A_active) exceeds it
 
     The pseudo-inverse drops singular values <= s_max * m * eps (:func:`pseudo_inverse`); the condition
@@ -649,7 +628,7 @@ def build_active_set_from_projections(projections_by_element: Mapping, tolerance
                 raise ValueError(f"no training projections for element {element!r}")
             total = source.shape[0]
             source = _array_batches(source, batch_size)
-        display = _ProgressLine(element, total) if progress else None
+        display = progress_bar(total, element, True, unit="environment") if progress else None
         try:
             result = select_rows_streaming(source, None, tolerance, max_passes, progress=display)
         except ValueError as exc:

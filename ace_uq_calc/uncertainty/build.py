@@ -15,7 +15,11 @@ import numpy as np
 
 from ..model.basis import ACEBasis, load_basis
 from .active_set import ActiveSet, build_active_set_from_projections
-from .projections import iterate_element_batches, projection_width, structure_projections
+from .projections import (
+    iterate_element_batches,
+    projection_width,
+    structure_projections,
+)
 
 
 def _frame_source(frames) -> Callable[[], Iterable]:

@@ -14,8 +14,15 @@ import numpy as np
 from ..model.basis import load_basis
 from .active_set import AceUqWarning, ActiveSet, pseudo_inverse, select_rows_streaming
 from .clustering import (
-    DEFAULT_MAX_CLUSTERS, DEFAULT_N_INIT, DEFAULT_PCA_VARIANCE, choose_n_clusters, kmeans, merge_small_clusters,
-    principal_components, squared_distances, standardisation,
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_N_INIT,
+    DEFAULT_PCA_VARIANCE,
+    choose_n_clusters,
+    kmeans,
+    merge_small_clusters,
+    principal_components,
+    squared_distances,
+    standardisation,
 )
 from .local_active_set import ClusterSet, LocalActiveSet
 from .projections import projection_width, structure_projections

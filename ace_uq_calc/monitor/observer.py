@@ -15,9 +15,9 @@
     dyn.run(10_000)                       # returns early when the monitor halts the run
     monitor.halted, monitor.step, monitor.reason
 
-Per call the monitor reads a per-atom uncertainty *measure* from ``atoms.calc`` (see
-:data:`MEASURES`; a new measure is one :func:`register_measure` call), reduces it to one number per
-structure (``reduce="max"`` by default), and
+Per call the monitor reads a per-atom uncertainty *measure* from ``atoms.calc`` (the registry
+:data:`ace_uq_calc.monitor.measures.MEASURES`), reduces it to one number per structure (``reduce="max"``
+by default), and
 
 * **flags** the frame when that number is above ``flag_threshold``: the frame is appended as one
   complete extended-XYZ frame to ``flag_file`` (or, with ``cluster_cutoff``, only the uncertain atoms
@@ -46,16 +46,18 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.constraints import FixAtoms
 
-from .io import append_frame
+from ..io import append_frame
+from .cutout import cut_out_cluster
+from .measures import MEASURES, REDUCTIONS, MeasureUnavailableError, get_measure
 
-__all__ = [
-    "ExtrapolationHalt", "IsolatedAtomsWarning", "Measure", "MeasureUnavailableError", "MEASURES",
-    "REDUCTIONS", "StepRecord", "UncertaintyMonitor", "get_measure", "register_measure",
-]
+__all__ = ["ExtrapolationHalt", "IsolatedAtomsWarning", "Observation", "StepRecord", "UncertaintyMonitor"]
 
 
 class ExtrapolationHalt(RuntimeError):
@@ -71,91 +73,8 @@ class ExtrapolationHalt(RuntimeError):
         self.cause = cause
 
 
-class MeasureUnavailableError(ValueError):
-    """The calculator does not provide the requested per-atom measure."""
-
-
 class IsolatedAtomsWarning(UserWarning):
     """Atoms without any neighbour within the cut-off appeared (their gamma is 0 by construction)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# measures
-
-
-@dataclass(frozen=True)
-class Measure:
-    """A per-atom uncertainty measure the monitor can watch.
-
-    ``key`` is the entry of ``calc.results`` holding an (N,) array; ``flag_threshold`` and
-    ``halt_threshold`` are the defaults (in ``unit``) used when the monitor is given none.
-    """
-
-    name: str
-    key: str
-    unit: str
-    flag_threshold: float
-    halt_threshold: float
-    description: str
-    provided_by: str
-
-
-MEASURES: dict[str, Measure] = {}
-ALIASES: dict[str, str] = {"error": "forces_error_estimate"}
-
-
-def register_measure(measure: Measure, replace: bool = False) -> Measure:
-    """Add a measure to :data:`MEASURES` (the monitor, the CLI choices and the docs read from it)."""
-    if measure.name in MEASURES and not replace:
-        raise ValueError(f"measure {measure.name!r} is already registered (pass replace=True)")
-    MEASURES[measure.name] = measure
-    return measure
-
-
-def get_measure(name) -> Measure:
-    """The :class:`Measure` called ``name`` (or an alias such as ``"error"``); a Measure passes through."""
-    if isinstance(name, Measure):
-        return name
-    key = ALIASES.get(name, name)
-    if key not in MEASURES:
-        known = ", ".join(sorted(MEASURES) + sorted(ALIASES))
-        raise ValueError(f"unknown uncertainty measure {name!r}; known measures: {known}")
-    return MEASURES[key]
-
-
-# Defaults and their justification: docs/monitor.md ("Default thresholds").
-register_measure(Measure(
-    "gamma", "gamma", "", 2.0, 10.0,
-    "D-optimality extrapolation grade of each atom's environment against the active set",
-    "ACECalculator(potential, active_set='potential.asi')",
-))
-register_measure(Measure(
-    "gamma_local", "gamma_local", "", 2.0, 10.0,
-    "local (per-environment) variant of the extrapolation grade, same scale as gamma",
-    "ACECalculator(potential, local_active_set='potential.lasi')",
-))
-register_measure(Measure(
-    "forces_dev", "forces_dev", "eV/Å", 0.1, 0.5,
-    "per-atom deviation of the forces over an ensemble of models, "
-    "max_k |F_i^k - <F_i>_k|",
-    "an ensemble calculator: ACECalculator([pot1, pot2, ...]) or ace-uq md/relax --ensemble POT2.yaml ...",
-))
-register_measure(Measure(
-    "forces_error_estimate", "forces_error_estimate", "eV/Å", 0.1, 0.5,
-    "calibrated per-atom estimate of the force error",
-    "a calibrated error model (not yet available)",
-))
-
-
-def _percentile95(values: np.ndarray) -> float:
-    return float(np.percentile(values, 95.0))
-
-
-REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
-    "max": lambda v: float(np.max(v)),
-    "mean": lambda v: float(np.mean(v)),
-    "percentile95": _percentile95,
-}
 
 
 class StepRecord(NamedTuple):
@@ -173,7 +92,11 @@ class StepRecord(NamedTuple):
 
 
 @dataclass
-class _Observation:
+class Observation:
+    """The measure read for one state (:meth:`UncertaintyMonitor.observe`): ``values`` per atom and
+    ``value`` reduced (the measure's unit, non-finite values as inf), ``maximum`` the largest per-atom
+    value, ``neighbour_count`` (N,) or None, ``n_isolated`` None when the counts are unknown."""
+
     step: int
     time_fs: float | None
     values: np.ndarray
@@ -190,8 +113,6 @@ class _Observation:
 def _underlying_atoms(obj):
     """The ``ase.Atoms`` behind ``obj`` (an Atoms, a filter such as FrechetCellFilter, or an
     Optimizable), unwrapping ``.atoms`` as often as needed."""
-    from ase import Atoms
-
     seen = 0
     while not isinstance(obj, Atoms):
         inner = getattr(obj, "atoms", None)
@@ -222,8 +143,10 @@ class UncertaintyMonitor:
     atoms : ase.Atoms or a filter wrapping one (``FrechetCellFilter``, ``UnitCellFilter``, ...)
         The structure being propagated; its calculator must provide the measure.
     measure : str or Measure
-        ``"gamma"`` (default, needs an active set), ``"gamma_local"``, ``"forces_dev"``,
-        ``"forces_error_estimate"`` (alias ``"error"``); see :data:`MEASURES`.
+        ``"gamma"`` (default; ``ACECalculator(..., active_set=...)``), ``"gamma_local"``
+        (``local_active_set=...``), ``"forces_dev"`` (an ensemble, ``ACECalculator([pot1, pot2, ...])``),
+        ``"forces_error_estimate"`` (alias ``"error"``; ``error_calibration=...``); see
+        :data:`ace_uq_calc.monitor.measures.MEASURES`.
     flag_threshold, halt_threshold : float, optional
         In the measure's unit. ``None`` uses the measure's default (gamma: flag 2, halt 10;
         force measures: 0.1 and 0.5 eV/Å; reasons in docs/monitor.md). ``math.inf`` disables.
@@ -436,8 +359,6 @@ class UncertaintyMonitor:
         return msg + (f" ({detail})" if detail else "")
 
     def _read(self, atoms) -> tuple[np.ndarray, np.ndarray | None]:
-        from ase.calculators.calculator import PropertyNotImplementedError
-
         calc = atoms.calc
         if calc is None:
             raise MeasureUnavailableError("the atoms have no calculator")
@@ -467,7 +388,7 @@ class UncertaintyMonitor:
                 counts = None
         return values, counts
 
-    def observe(self) -> _Observation:
+    def observe(self) -> Observation:
         """Read and reduce the measure for the current state (no flagging, no halting)."""
         atoms = self.atoms
         values, counts = self._read(atoms)
@@ -476,8 +397,6 @@ class UncertaintyMonitor:
         step = int(dyn.nsteps) if dyn is not None and hasattr(dyn, "nsteps") else self._calls
         time_fs = None
         if dyn is not None and callable(getattr(dyn, "get_time", None)):
-            from ase import units
-
             time_fs = float(dyn.get_time()) / units.fs
         if counts is not None:
             isolated = counts == 0
@@ -490,7 +409,7 @@ class UncertaintyMonitor:
         if math.isnan(value):
             value = math.inf
         maximum = float(values.max()) if len(values) else 0.0
-        return _Observation(step, time_fs, values, value, maximum, counts, n_isolated)
+        return Observation(step, time_fs, values, value, maximum, counts, n_isolated)
 
     # -- the observer ---------------------------------------------------------------------------
 
@@ -584,7 +503,7 @@ class UncertaintyMonitor:
             self.halt_time_fs = obs.time_fs
             self._stop(obs)
 
-    def _stop(self, obs: _Observation) -> None:
+    def _stop(self, obs: Observation) -> None:
         exc = ExtrapolationHalt(self.reason, step=obs.step, value=obs.value, time_fs=obs.time_fs,
                                 cause=self.halt_cause)
         if self.raise_on_halt:
@@ -608,15 +527,13 @@ class UncertaintyMonitor:
         append_frame(self.trajectory_file, self._frame(obs, flagged=False, halted=False, reason=None))
         self.last_trajectory_step = obs.step
 
-    def _frame(self, obs: _Observation, flagged: bool, halted: bool, reason):
+    def _frame(self, obs: Observation, flagged: bool, halted: bool, reason):
         """A calculator-free copy of the atoms with the measure and the model's results attached.
 
         The model's energy/forces/stress are stored as ``ace_energy``/``ace_forces``/``ace_stress``
         (as ``ace-uq evaluate`` does), not as ``energy``/``forces``: flagged frames go to reference
         calculations, and model predictions must not be mistaken for reference labels.
         """
-        from ase.constraints import FixAtoms
-
         atoms = self.atoms
         frame = atoms.copy()
         frame.calc = None
@@ -655,74 +572,16 @@ class UncertaintyMonitor:
             info["halt_reason"] = str(reason)
         return frame
 
-    def _cluster(self, frame, obs: _Observation):
-        """The atoms above the flag threshold and their neighbours within ``cluster_cutoff`` as a
-        free (non-periodic) cluster in a vacuum box; periodic images are unfolded consistently
-        for connected flagged atoms. Falls back to the whole frame (``info["cut_out"] = False``)
-        when the cluster would have at least as many atoms as the periodic structure."""
-        from ase import Atoms
-        from ase.neighborlist import neighbor_list
-
-        centres = np.flatnonzero(obs.values > self.flag_threshold)
-        if len(centres) == 0:      # e.g. a custom reduction: keep the whole frame
-            return frame
-        calc = self.atoms.calc
-        model_cutoff = getattr(getattr(calc, "basis", None), "cutoff_max", None)
+    def _cluster(self, frame, obs: Observation):
+        """The flagged frame as a cut-out cluster (:func:`~ace_uq_calc.monitor.cutout.cut_out_cluster`),
+        with a warning (once) when ``cluster_cutoff`` is below the model's cut-off."""
+        model_cutoff = getattr(getattr(self.atoms.calc, "basis", None), "cutoff_max", None)
         if model_cutoff is not None and self.cluster_cutoff < model_cutoff and not self._warned_cluster:
             self._warned_cluster = True
             warnings.warn(f"cluster_cutoff {self.cluster_cutoff} Å is smaller than the model cut-off "
                           f"{model_cutoff} Å: flagged atoms lose part of their environment", stacklevel=3)
-        i, j, shifts = neighbor_list("ijS", frame, self.cluster_cutoff)
-        order = np.argsort(i, kind="stable")
-        i, j, shifts = i[order], j[order], shifts[order]
-        starts = np.searchsorted(i, np.arange(len(frame) + 1))
-        centre_set = set(int(c) for c in centres)
-        image = {}
-        for c in centres:            # consistent images for flagged atoms that are neighbours
-            c = int(c)
-            if c in image:
-                continue
-            image[c] = np.zeros(3, dtype=int)
-            stack = [c]
-            while stack:
-                a = stack.pop()
-                for b, s in zip(j[starts[a]:starts[a + 1]], shifts[starts[a]:starts[a + 1]]):
-                    b = int(b)
-                    if b in centre_set and b not in image:
-                        image[b] = image[a] + s
-                        stack.append(b)
-        members: dict[tuple, bool] = {}
-        for c in centres:
-            c = int(c)
-            members[(c, tuple(image[c]))] = True
-        for c in centres:
-            c = int(c)
-            for b, s in zip(j[starts[c]:starts[c + 1]], shifts[starts[c]:starts[c + 1]]):
-                members.setdefault((int(b), tuple(image[c] + s)), False)
-        if len(members) >= len(frame) and frame.pbc.any():
-            # a cut-out larger than the periodic cell itself (small cells, many flagged atoms) is
-            # not cheaper to compute: keep the whole frame
-            frame.info["cut_out"] = False
-            return frame
-        index = np.array([k[0] for k in members], dtype=int)
-        shift = np.array([k[1] for k in members], dtype=float).reshape(-1, 3)
-        positions = frame.positions[index] + shift @ frame.cell.array
-        cluster = Atoms(numbers=frame.numbers[index], positions=positions, pbc=False)
-        cluster.center(vacuum=self.cluster_vacuum)
-        m = self.measure.name
-        cluster.arrays[m] = obs.values[index]
-        cluster.arrays["source_index"] = index
-        cluster.arrays["flagged"] = np.array(list(members.values()), dtype=bool)
-        if obs.neighbour_count is not None:
-            cluster.arrays["source_neighbour_count"] = np.asarray(obs.neighbour_count)[index]
-        for key in ("step", "time_fs", "uq_measure", "uq_reduce", "uq_value", f"max_{m}", "flag_threshold",
-                    "halt_threshold", "n_above_flag", "n_isolated", "flagged", "halted", "halt_reason"):
-            if key in frame.info:
-                cluster.info[key] = frame.info[key]
-        cluster.info["cut_out"] = True
-        cluster.info["cluster_cutoff"] = self.cluster_cutoff
-        cluster.info["n_source_atoms"] = len(frame)
-        return cluster
+        return cut_out_cluster(frame, obs.values, self.flag_threshold, self.cluster_cutoff, self.cluster_vacuum,
+                               self.measure.name, obs.neighbour_count)
 
     # -- reporting ------------------------------------------------------------------------------
 
