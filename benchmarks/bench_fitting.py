@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     data = Path(args.data)
     cases = {c.strip().lower() for c in args.only.split(",") if c.strip()}
     load0 = os.getloadavg()
-    from ace_uq_calc.fitting.linear_fit import available_cpus
+    from ace_uq_calc.fitting.assembly import available_cpus
 
     print(f"bench_fitting: Python {platform.python_version()}, {available_cpus()} CPUs, "
           f"load average {load0[0]:.2f} at start", flush=True)

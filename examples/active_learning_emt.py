@@ -35,7 +35,8 @@ from ace_uq_calc.fitting.basis_construction import (
     new_potential,
     prune_dependent_functions,
 )
-from ace_uq_calc.fitting.linear_fit import FitWeights, fit_linear
+from ace_uq_calc.fitting.linear_fit import fit_linear
+from ace_uq_calc.fitting.weights import FitWeights
 from ace_uq_calc.model.basis import build_basis
 from ace_uq_calc.monitor import UncertaintyMonitor
 from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections

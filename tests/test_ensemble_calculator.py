@@ -280,7 +280,8 @@ def test_ensemble_members_scatter_around_the_truth_of_noise_free_data(method):
     """Noise-free labels of a known linear potential: every member (posterior sample or bootstrap refit)
     recovers the truth closely, and the members differ from each other only a little."""
     from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
-    from ace_uq_calc.fitting.linear_fit import FitWeights, fit_linear
+    from ace_uq_calc.fitting.linear_fit import fit_linear
+    from ace_uq_calc.fitting.weights import FitWeights
     from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
@@ -299,7 +300,8 @@ def test_ensemble_members_scatter_around_the_truth_of_noise_free_data(method):
 @pytest.mark.parametrize("method", ["posterior", "bootstrap"])
 def test_members_spread_with_noisy_labels(method):
     from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
-    from ace_uq_calc.fitting.linear_fit import FitWeights, fit_linear
+    from ace_uq_calc.fitting.linear_fit import fit_linear
+    from ace_uq_calc.fitting.weights import FitWeights
     from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()

@@ -64,19 +64,15 @@ def test_fit_recovers_known_coefficients():
 
 
 def test_streamed_assembly_equals_dense():
-    from ace_uq_calc.fitting.linear_fit import (
-        FitWeights,
-        _norms,
-        assemble,
-        structure_rows,
-    )
+    from ace_uq_calc.fitting.assembly import assemble, row_norms, structure_rows
+    from ace_uq_calc.fitting.weights import FitWeights
     from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
     basis = build_basis(teacher)
     frames = _labelled_frames(teacher, count=6)
     weights = FitWeights(1.0, 0.3, 0.2)
-    norms = _norms(frames, weights)
+    norms = row_norms(frames, weights)
     streamed = assemble(basis, frames, weights, norms, {})
     rows, targets = zip(*(structure_rows(basis, a, weights, norms, {}) for a in frames))
     A = np.vstack(rows)

@@ -9,7 +9,7 @@ from test_fitting import _labelled_frames, _teacher
 
 
 def test_parallel_assembly_is_bit_identical_to_serial(monkeypatch):
-    import ace_uq_calc.fitting.linear_fit as lf
+    import ace_uq_calc.fitting.assembly as lf
     from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()
@@ -17,18 +17,18 @@ def test_parallel_assembly_is_bit_identical_to_serial(monkeypatch):
     frames = _labelled_frames(teacher, count=16)
     monkeypatch.setattr(lf, "CHUNK_ATOMS", 10)          # several chunks from few small structures
     weights = lf.FitWeights(1.0, 0.3, 0.2)
-    norms = lf._norms(frames, weights)
+    norms = lf.row_norms(frames, weights)
     offset = {"Cu": -0.3}
     serial = lf.assemble(basis, frames, weights, norms, {}, workers=1, e0_offset=offset)
     parallel = lf.assemble(basis, frames, weights, norms, {}, workers=2, e0_offset=offset)
-    assert len(lf._chunks(frames)) > 2
+    assert len(lf.consecutive_chunks(frames)) > 2
     assert np.array_equal(serial.ata, parallel.ata)
     assert np.array_equal(serial.atb, parallel.atb)
     assert serial.btb == parallel.btb and serial.rows == parallel.rows
 
 
 def test_worker_error_is_raised_with_its_traceback(monkeypatch):
-    import ace_uq_calc.fitting.linear_fit as lf
+    import ace_uq_calc.fitting.assembly as lf
     from ace_uq_calc.model.basis import build_basis
 
     teacher = _teacher()

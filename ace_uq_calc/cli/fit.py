@@ -7,7 +7,6 @@ import os
 from ..calculator import ACECalculator
 from ..fitting.basis_construction import BasisLimits
 from ..fitting.ensemble_fit import ensemble_potentials, write_ensemble
-from ..fitting.linear_fit import FitWeights
 from ..fitting.metrics import error_table, format_table
 from ..fitting.recipe import (
     DEFAULT_CUTOFF,
@@ -17,6 +16,7 @@ from ..fitting.recipe import (
     DEFAULT_WEIGHTS,
     fit,
 )
+from ..fitting.weights import FitWeights
 from ..model.basis import build_basis
 from ..model.yaml_format import RADIAL_BASES, write_potential_file
 from ..uncertainty.build import build_active_set

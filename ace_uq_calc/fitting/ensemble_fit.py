@@ -33,14 +33,8 @@ from ..model.basis import ACEBasis
 from ..model.ensemble_file import write_ensemble_file
 from ..model.yaml_format import write_potential_file
 from ..progress import progress_bar
-from .linear_fit import (
-    FitResult,
-    NormalEquations,
-    _assemble_chunk,
-    _norms,
-    fitted_potential,
-    solve_ridge,
-)
+from .assembly import NormalEquations, assemble_chunk, row_norms
+from .linear_fit import FitResult, fitted_potential, solve_ridge
 from .posterior import posterior_samples
 
 METHODS = ("posterior", "bootstrap")
@@ -85,12 +79,12 @@ def bootstrap_members(basis: ACEBasis, result: FitResult, frames, weights, count
     frames = [a for a in frames if len(a) > 0]
     m = int(basis.function_start[-1])
     ncols = m + basis.n_elements
-    norms = _norms(frames, weights)
+    norms = row_norms(frames, weights)
     blocks = _blocks(len(frames), ncols)
     parts = []
     with progress_bar(len(blocks), "bootstrap: assembling", progress, unit="block") as bar:
         for lo, hi in blocks:
-            parts.append(_assemble_chunk(basis, frames[lo:hi], weights, norms, result.fixed_e0, result.e0_offset))
+            parts.append(assemble_chunk(basis, frames[lo:hi], weights, norms, result.fixed_e0, result.e0_offset))
             bar.update(1)
     rng = np.random.default_rng(seed)
     members = []

@@ -16,412 +16,51 @@ the energies are large, e.g. all-electron totals). pacemaker's .yaml has no fiel
 are stored in the file's ``metadata`` as ``reference_energy_<El>`` (eV), which pacemaker ignores and
 :class:`~ace_uq_calc.ACECalculator` adds by default.
 
-Parallel assembly: structures are grouped into chunks of consecutive structures (at least
-:data:`CHUNK_ATOMS` atoms each); the normal equations of a chunk are summed in chunk order, so the result
-does not depend on how many processes computed them. With more than one CPU and enough work, chunks are
-computed by worker processes (``python -c ...`` children fed by pipes, one BLAS/Numba thread each), which
-avoids both the Numba kernels' GIL and multiprocessing's re-import of the caller's main script.
+The normal equations are assembled by :mod:`ace_uq_calc.fitting.assembly`.
 """
 from __future__ import annotations
 
-import os
-import pickle
-import subprocess
-import sys
-import threading
 import time
-import traceback
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
+from ..kernels.neighbours import build_neighbour_list
 from ..model.basis import ACEBasis, build_basis
-from ..model.yaml_format import (  # noqa: F401
+from ..model.yaml_format import (
     REFERENCE_ENERGY_KEY,
     PotentialFile,
-    reference_energies_of,
 )
-from ..progress import progress_bar
-from .design import is_linear, structure_design
+from .assembly import (
+    NormalEquations,
+    assemble,
+    consecutive_chunks,
+    has_energy,
+    resolve_workers,
+    row_norms,
+    start_workers,
+)
+from .design import is_linear
 from .posterior import posterior_scale_from_validation
-
-
-@dataclass
-class FitWeights:
-    energy: float = 1.0
-    forces: float = 0.01
-    stress: float = 0.01
-
+from .weights import FitWeights
 
 #: ridge strengths tried on the validation split: 1e-16 ... 1 in half decades (relative to the diagonal
 #: of the column-normalised normal equations)
 DEFAULT_LAMBDAS = tuple(10.0 ** np.arange(-16.0, 0.25, 0.5))
 
-#: consecutive structures are assembled in chunks of at least this many atoms
-CHUNK_ATOMS = 512
-
-#: below this much work (atoms x functions) the normal equations are assembled in this process
-PARALLEL_MIN_WORK = 3_000_000
-
-
-@dataclass
-class NormalEquations:
-    """Accumulated A^T A, A^T b and b^T b of weighted least squares (m + n_elements columns)."""
-
-    ata: np.ndarray
-    atb: np.ndarray
-    btb: float = 0.0
-    rows: int = 0
-
-    @classmethod
-    def empty(cls, n: int) -> "NormalEquations":
-        return cls(np.zeros((n, n)), np.zeros(n))
-
-    def add(self, rows: np.ndarray, targets: np.ndarray) -> None:
-        if len(rows) == 0:
-            return
-        self.ata += rows.T @ rows
-        self.atb += rows.T @ targets
-        self.btb += float(targets @ targets)
-        self.rows += len(targets)
-
-    def __iadd__(self, other: "NormalEquations") -> "NormalEquations":
-        self.ata += other.ata
-        self.atb += other.atb
-        self.btb += other.btb
-        self.rows += other.rows
-        return self
-
-    def sse(self, coef: np.ndarray) -> float:
-        """Weighted sum of squared residuals of ``coef`` (from the normal equations alone)."""
-        return float(coef @ self.ata @ coef - 2 * coef @ self.atb + self.btb)
-
-
 def isolated_atom_energies(frames, basis: ACEBasis) -> dict:
     """E0 per element from single-atom structures with no neighbour within the cut-off."""
-    from ..kernels.neighbours import build_neighbour_list
-
     out = {}
     for atoms in frames:
-        if len(atoms) != 1 or not _has_energy(atoms):
+        if len(atoms) != 1 or not has_energy(atoms):
             continue
         species = basis.species_of(atoms.get_chemical_symbols())
         nl = build_neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, species, basis.cutoff_matrix)
         if len(nl.index) == 0:
             out.setdefault(atoms.get_chemical_symbols()[0], atoms.get_potential_energy())
     return out
-
-
-def _has_energy(atoms) -> bool:
-    try:
-        atoms.get_potential_energy()
-        return True
-    except Exception:
-        return False
-
-
-def _reference(atoms):
-    """(energy, forces or None, stress Voigt or None) of a labelled structure."""
-    energy = atoms.get_potential_energy()
-    forces = None
-    stress = None
-    calc = atoms.calc
-    if calc is not None and "forces" in calc.results:
-        forces = np.asarray(calc.results["forces"], dtype=float)
-    if calc is not None and "stress" in calc.results and atoms.cell.rank == 3:
-        s = np.asarray(calc.results["stress"], dtype=float)
-        stress = s if s.shape == (6,) else np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-    return energy, forces, stress
-
-
-_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-
-
-def structure_rows(basis: ACEBasis, atoms, weights: FitWeights, norms: dict, fixed_e0: dict,
-                   e0_offset: dict | None = None):
-    """Weighted design rows and targets of one structure (energy, forces, stress).
-
-    fixed_e0: reference energies that are not fitted (their columns are zero, the energy moves to the
-    target); e0_offset: energies subtracted from the target while their E0 columns stay free (the
-    fitted column is then a correction to the offset)."""
-    m = int(basis.function_start[-1])
-    S = basis.n_elements
-    energy, forces, stress = _reference(atoms)
-    use_forces = forces is not None and weights.forces > 0
-    design = structure_design(basis, atoms, with_forces=use_forces or (stress is not None and weights.stress > 0))
-    n = len(atoms)
-    symbols = atoms.get_chemical_symbols()
-    counts = np.array([symbols.count(el) for el in basis.elements], dtype=float)
-    rows, targets = [], []
-    # energy row: coefficients then E0 columns (fixed E0 move to the target)
-    e_row = np.concatenate([design.energy, counts])
-    target = energy - design.baseline_energy
-    for e, el in enumerate(basis.elements):
-        if el in fixed_e0:
-            target -= counts[e] * fixed_e0[el]
-            e_row[m + e] = 0.0
-        elif e0_offset and el in e0_offset:
-            target -= counts[e] * e0_offset[el]
-    w = np.sqrt(weights.energy / norms["energy"]) / n
-    rows.append(w * e_row[None, :])
-    targets.append(np.array([w * target]))
-    if use_forces:
-        w = np.sqrt(weights.forces / norms["forces"])
-        f_rows = np.hstack([design.forces, np.zeros((3 * n, S))])
-        rows.append(w * f_rows)
-        targets.append(w * (forces.ravel() - design.baseline_forces))
-    if stress is not None and weights.stress > 0:
-        volume = abs(np.linalg.det(atoms.cell.array))
-        w = np.sqrt(weights.stress / norms["stress"])
-        v = design.virial.reshape(3, 3, m)
-        bv = design.baseline_virial.reshape(3, 3)
-        s_rows = np.array([(v[a, b] + v[b, a]) / (2 * volume) for a, b in _VOIGT])
-        s_base = np.array([(bv[a, b] + bv[b, a]) / (2 * volume) for a, b in _VOIGT])
-        rows.append(w * np.hstack([s_rows, np.zeros((6, S))]))
-        targets.append(w * (stress - s_base))
-    return np.vstack(rows), np.concatenate(targets)
-
-
-def _norms(frames, weights: FitWeights) -> dict:
-    n_struct = n_force = n_stress = 0
-    for atoms in frames:
-        _, forces, stress = _reference(atoms)
-        n_struct += 1
-        if forces is not None:
-            n_force += forces.size
-        if stress is not None:
-            n_stress += 6
-    return {"energy": max(n_struct, 1), "forces": max(n_force, 1), "stress": max(n_stress, 1)}
-
-
-def _chunks(frames) -> list:
-    """Consecutive index ranges [(start, stop), ...] of at least CHUNK_ATOMS atoms (the last may be smaller)."""
-    out, start, atoms = [], 0, 0
-    for k, a in enumerate(frames):
-        atoms += len(a)
-        if atoms >= CHUNK_ATOMS:
-            out.append((start, k + 1))
-            start, atoms = k + 1, 0
-    if start < len(frames):
-        out.append((start, len(frames)))
-    return out
-
-
-def _assemble_chunk(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
-                    e0_offset: dict | None = None) -> NormalEquations:
-    eq = NormalEquations.empty(int(basis.function_start[-1]) + basis.n_elements)
-    for atoms in frames:
-        rows, targets = structure_rows(basis, atoms, weights, norms, fixed_e0, e0_offset)
-        eq.add(rows, targets)
-    return eq
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:     # not on Linux
-        return os.cpu_count() or 1
-
-
-def _resolve_workers(workers, frames, basis: ACEBasis, n_chunks: int) -> int:
-    """Number of processes to use: ``workers`` if given (env ACE_UQ_FIT_WORKERS otherwise), else all
-    available CPUs when the work is large enough; never more than the number of chunks."""
-    if workers is None:
-        env = os.environ.get("ACE_UQ_FIT_WORKERS")
-        if env:
-            workers = int(env)
-        else:
-            work = sum(len(a) for a in frames) * int(basis.function_start[-1])
-            workers = available_cpus() if work >= PARALLEL_MIN_WORK else 1
-    return max(1, min(int(workers), n_chunks))
-
-
-def _start_workers(n_workers: int, basis: ACEBasis, weights: FitWeights, norms: dict, fixed_e0: dict,
-                   e0_offset: dict | None) -> "_AssemblyWorkers | None":
-    """``n_workers`` assembly processes, or None (assemble in this process) for one worker or when they
-    cannot start (with a warning saying why)."""
-    if n_workers <= 1:
-        return None
-    try:
-        return _AssemblyWorkers(n_workers, basis, weights, norms, fixed_e0, e0_offset)
-    except _WorkerStartError as exc:
-        warnings.warn(f"parallel assembly unavailable ({exc}); assembling in this process", RuntimeWarning,
-                      stacklevel=3)
-        return None
-
-
-def assemble(basis: ACEBasis, frames, weights: FitWeights, norms: dict, fixed_e0: dict,
-             progress: bool = False, label: str = "assembling", workers: int | None = None,
-             pool: "_AssemblyWorkers | None" = None, e0_offset: dict | None = None) -> NormalEquations:
-    """Normal equations of ``frames`` (streamed in chunks of consecutive structures).
-
-    workers: processes to use (None: all CPUs for large problems, see :data:`PARALLEL_MIN_WORK`);
-    the result is the same (chunk sums added in chunk order) whatever the number of workers.
-    """
-    frames = list(frames)
-    chunks = _chunks(frames)
-    ncols = int(basis.function_start[-1]) + basis.n_elements
-    with progress_bar(sum(len(a) for a in frames), label, progress, unit="atom") as bar:
-        if pool is not None:
-            return pool.assemble(frames, chunks, bar)
-        own = _start_workers(_resolve_workers(workers, frames, basis, len(chunks)), basis, weights, norms,
-                             fixed_e0, e0_offset)
-        if own is not None:
-            with own:
-                return own.assemble(frames, chunks, bar)
-        eq = NormalEquations.empty(ncols)
-        for start, stop in chunks:
-            eq += _assemble_chunk(basis, frames[start:stop], weights, norms, fixed_e0, e0_offset)
-            bar.update(sum(len(a) for a in frames[start:stop]))
-        return eq
-
-
-class _WorkerStartError(RuntimeError):
-    pass
-
-
-_WORKER_COMMAND = "from ace_uq_calc.fitting.linear_fit import _worker_main; _worker_main()"
-_SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def _worker_main() -> None:
-    """Body of an assembly worker process: read (basis, weights, norms, fixed_e0, e0_offset), then chunks of
-    structures from stdin; write (key, "ok", NormalEquations) or (key, "error", traceback) to stdout."""
-    proto_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)                       # anything else printed goes to stderr, not into the protocol
-    sys.stdout = sys.stderr
-    proto_in = sys.stdin.buffer
-    basis, weights, norms, fixed_e0, e0_offset = pickle.load(proto_in)
-    _assemble_chunk(basis, [], weights, norms, fixed_e0, e0_offset)
-    pickle.dump("ready", proto_out)
-    proto_out.flush()
-    while True:
-        try:
-            message = pickle.load(proto_in)
-        except EOFError:
-            break
-        if message is None:
-            break
-        key, frames = message
-        try:
-            reply = (key, "ok", _assemble_chunk(basis, frames, weights, norms, fixed_e0, e0_offset))
-        except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-            reply = (key, "error", traceback.format_exc())
-        pickle.dump(reply, proto_out, protocol=pickle.HIGHEST_PROTOCOL)
-        proto_out.flush()
-
-
-class _AssemblyWorkers:
-    """``n`` worker processes that assemble chunks of structures (see :func:`_worker_main`)."""
-
-    def __init__(self, n: int, basis: ACEBasis, weights: FitWeights, norms: dict, fixed_e0: dict,
-                 e0_offset: dict | None = None):
-        env = dict(os.environ)
-        env.update({name: "1" for name in _SINGLE_THREAD})
-        package_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
-        setup = pickle.dumps((basis, weights, norms, fixed_e0, e0_offset), protocol=pickle.HIGHEST_PROTOCOL)
-        self.procs = []
-        try:
-            for _ in range(n):
-                proc = subprocess.Popen([sys.executable, "-c", _WORKER_COMMAND], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
-                self.procs.append(proc)
-                proc.stdin.write(setup)
-                proc.stdin.flush()
-            for proc in self.procs:
-                if pickle.load(proc.stdout) != "ready":
-                    raise OSError("unexpected reply")
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            self.close(kill=True)
-            raise _WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.close(kill=exc_type is not None)
-
-    def close(self, kill: bool = False) -> None:
-        for proc in self.procs:
-            try:
-                if not kill:
-                    pickle.dump(None, proc.stdin)
-                proc.stdin.close()
-            except OSError:
-                pass
-        for proc in self.procs:
-            if kill:
-                proc.kill()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
-        self.procs = []
-
-    def assemble(self, frames, chunks, bar: tqdm) -> NormalEquations:
-        """Normal equations of ``frames``: chunks dispatched to the workers as they become free,
-        results summed in chunk order."""
-        results: dict = {}
-        failure: list = []
-        cond = threading.Condition()
-        next_chunk = iter(range(len(chunks)))
-
-        def serve(proc):
-            try:
-                while True:
-                    with cond:
-                        if failure:
-                            return
-                        key = next(next_chunk, None)
-                    if key is None:
-                        return
-                    start, stop = chunks[key]
-                    pickle.dump((key, frames[start:stop]), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                    proc.stdin.flush()
-                    got, status, payload = pickle.load(proc.stdout)
-                    with cond:
-                        if status != "ok":
-                            failure.append(f"assembly worker failed on structures {start}-{stop - 1}:\n{payload}")
-                        else:
-                            results[got] = payload
-                        cond.notify_all()
-            except BaseException as exc:  # noqa: BLE001 - a dead worker (killed, out of memory, ...)
-                with cond:
-                    failure.append(f"assembly worker (pid {proc.pid}) stopped: {exc!r}")
-                    cond.notify_all()
-
-        threads = [threading.Thread(target=serve, args=(proc,), daemon=True) for proc in self.procs]
-        for t in threads:
-            t.start()
-        total = None
-        for key in range(len(chunks)):
-            with cond:
-                while key not in results and not failure:
-                    cond.wait()
-                if failure:
-                    break
-                eq = results.pop(key)
-            if total is None:
-                total = eq
-            else:
-                total += eq
-            start, stop = chunks[key]
-            bar.update(sum(len(a) for a in frames[start:stop]))
-        if failure:
-            self.close(kill=True)
-            for t in threads:
-                t.join()
-            raise RuntimeError(failure[0])
-        for t in threads:
-            t.join()
-        return total
 
 
 def solve_ridge(eq: NormalEquations, lam: float, m: int, e0_ridge: float = 0.0) -> np.ndarray:
@@ -436,8 +75,6 @@ def solve_ridge(eq: NormalEquations, lam: float, m: int, e0_ridge: float = 0.0) 
     reg[np.diag(eq.ata) == 0] = 1.0
     system = ata + np.diag(reg)
     try:        # Cholesky (half the cost of LU); near-singular systems (tiny lam) fall back to LU
-        from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
         scaled = cho_solve(cho_factor(system, lower=False, check_finite=False), atb, check_finite=False)
         if not np.all(np.isfinite(scaled)):
             raise LinAlgError("non-finite solution")
@@ -462,7 +99,7 @@ def composition_offsets(frames, elements, fixed_e0: dict):
         return {}, []
     counts, energies = [], []
     for atoms in frames:
-        if not _has_energy(atoms):
+        if not has_energy(atoms):
             continue
         symbols = atoms.get_chemical_symbols()
         energies.append(atoms.get_potential_energy() - sum(fixed_e0.get(s, 0.0) for s in symbols))
@@ -537,14 +174,14 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
                       f"of other compositions or isolated atoms, or pass reference_energies.", RuntimeWarning,
                       stacklevel=2)
     m = int(basis.function_start[-1])
-    norms = _norms(frames, weights)
+    norms = row_norms(frames, weights)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frames))
     n_val = int(round(validation_fraction * len(frames))) if len(frames) >= 10 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_frames = [frames[i] for i in train_idx]
     val_frames = [frames[i] for i in val_idx]
-    pool = _start_workers(_resolve_workers(workers, frames, basis, len(_chunks(train_frames))), basis, weights,
+    pool = start_workers(resolve_workers(workers, frames, basis, len(consecutive_chunks(train_frames))), basis, weights,
                           norms, fixed, offset)
     try:
         train_eq = assemble(basis, train_frames, weights, norms, fixed, progress, "fit: assembling", pool=pool,

@@ -22,7 +22,8 @@ from .basis_construction import (
     new_potential,
     prune_dependent_functions,
 )
-from .linear_fit import FitResult, FitWeights, fit_linear
+from .linear_fit import FitResult, fit_linear
+from .weights import FitWeights
 
 #: defaults of ``ace-uq fit`` (stated in README and docs/fitting.md)
 DEFAULT_CUTOFF = 6.0          # Angstrom
