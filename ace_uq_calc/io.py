@@ -10,7 +10,7 @@ import os
 
 import ase.io
 
-from ._atomic_io import atomic_write
+from .atomic_io import atomic_write
 
 
 def frame_text(atoms) -> str:

@@ -245,7 +245,7 @@ def write_document(results: dict, args, elapsed: float) -> None:
     lines.extend(findings(results))
     add("")
     text = "\n".join(lines) + "\n"
-    from ace_uq_calc._atomic_io import atomic_write
+    from ace_uq_calc.atomic_io import atomic_write
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with atomic_write(args.output, "w") as fh:

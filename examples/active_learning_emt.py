@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 
 import numpy as np
 from ase import units
@@ -29,18 +30,15 @@ try:
 except ImportError:  # ASE < 3.29
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-from ace_uq_calc import ACECalculator
-from ace_uq_calc.fitting.basis_construction import (
+from ace_uq_calc import (
+    ACECalculator,
     BasisLimits,
-    new_potential,
-    prune_dependent_functions,
+    FitWeights,
+    UncertaintyMonitor,
+    build_active_set,
+    fit,
+    load_basis,
 )
-from ace_uq_calc.fitting.linear_fit import fit_linear
-from ace_uq_calc.fitting.weights import FitWeights
-from ace_uq_calc.model.basis import build_basis
-from ace_uq_calc.monitor import UncertaintyMonitor
-from ace_uq_calc.uncertainty.active_set import build_active_set_from_projections
-from ace_uq_calc.uncertainty.projections import structure_projections
 
 TEMPERATURE = 1400.0     # K, hot enough to leave the initial training data quickly
 STEPS = 300              # MD steps of 2 fs per iteration
@@ -80,15 +78,13 @@ def emt_test_set(rng, count=6):
     return frames
 
 
-def fit_model(basis_template, frames):
-    result = fit_linear(basis_template, frames, weights=FitWeights(1.0, 0.1, 0.01))
-    basis = build_basis(result.potential)
-    rows = np.concatenate([structure_projections(basis, a)[1] for a in frames])
-    import warnings
-
+def fit_model(frames):
+    """A small linear Cu ACE (cut-off 4.5 A) fitted to ``frames``, and its active set."""
+    result = fit(frames, cutoff=4.5, limits=BasisLimits((6, 3, 2, 1), (0, 2, 2, 1)), weights=FitWeights(1.0, 0.1, 0.01))
+    basis = load_basis(result.potential)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # small training sets give ill-conditioned sets: expected here
-        active = build_active_set_from_projections({"Cu": rows})
+        active = build_active_set(basis, frames)
     return basis, active
 
 
@@ -103,7 +99,6 @@ def force_rmse(calc, frames):
 
 def run(seed: int, iterations: int) -> list:
     rng = np.random.default_rng(seed)
-    template = prune_dependent_functions(new_potential(["Cu"], BasisLimits((6, 3, 2, 1), (0, 2, 2, 1)), rcut=4.5))
     training = initial_training(rng)
     test = emt_test_set(rng)
     rows = []
@@ -111,7 +106,7 @@ def run(seed: int, iterations: int) -> list:
     print(f"{'iter':>4} {'train':>6} {'flagged':>8} {'max gamma':>10} {'test F RMSE (eV/A)':>19}")
     with tempfile.TemporaryDirectory() as tmp:
         for it in range(iterations + 1):
-            basis, active = fit_model(template, training)
+            basis, active = fit_model(training)
             calc = ACECalculator(basis, active_set=active)
             atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
             atoms.calc = calc

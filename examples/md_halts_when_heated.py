@@ -18,9 +18,7 @@ from ase.build import bulk
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 
-from ace_uq_calc import ACECalculator
-from ace_uq_calc.demo import example_files
-from ace_uq_calc.monitor import UncertaintyMonitor
+from ace_uq_calc import ACECalculator, UncertaintyMonitor, example_files
 
 try:
     from ase.md.velocitydistribution import thermalize_momenta

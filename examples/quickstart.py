@@ -10,8 +10,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import bulk
 
-from ace_uq_calc import ACECalculator
-from ace_uq_calc.demo import example_files
+from ace_uq_calc import ACECalculator, example_files
 
 potential, active_set = example_files()
 calc = ACECalculator(potential, active_set=active_set)     # load once, reuse for many structures

@@ -14,9 +14,7 @@ from ase.build import bulk
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
-from ace_uq_calc import ACECalculator
-from ace_uq_calc.demo import example_files
-from ace_uq_calc.monitor import UncertaintyMonitor
+from ace_uq_calc import ACECalculator, UncertaintyMonitor, example_files
 
 outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join("example_output", "relax_with_cell_filter")
 os.makedirs(outdir, exist_ok=True)

@@ -17,15 +17,17 @@ import warnings
 
 import ase.io
 
-from ace_uq_calc import ACECalculator
-from ace_uq_calc.fitting.ensemble_fit import ensemble_potentials
-from ace_uq_calc.fitting.recipe import DEFAULT_WEIGHTS, fit
-from ace_uq_calc.model.basis import build_basis
-from ace_uq_calc.report.collect import collect
-from ace_uq_calc.report.uq_report import write_report
-from ace_uq_calc.uncertainty.build import build_active_set
-from ace_uq_calc.uncertainty.calibration import fit_error_calibration
-from ace_uq_calc.uncertainty.local_build import build_local_active_set
+from ace_uq_calc import (
+    ACECalculator,
+    build_active_set,
+    build_local_active_set,
+    collect,
+    ensemble_potentials,
+    fit,
+    fit_error_calibration,
+    load_basis,
+    write_report,
+)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "zuo2020")
 NOVEL = "Surface"
@@ -44,8 +46,8 @@ def main(outdir="uq_workflow_cu"):
     print(f"training {len(train)} structures, in-domain test {len(test)}, novel ({NOVEL}) {len(novel)}")
 
     result = fit(train, cutoff=5.0, functions=500)               # a mid-sized basis, quick to fit
-    basis = build_basis(result.potential)
-    members = ensemble_potentials(basis, result, "bootstrap", 4, frames=train, weights=DEFAULT_WEIGHTS)
+    basis = load_basis(result.potential)
+    members = ensemble_potentials(basis, result, "bootstrap", 4, frames=train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                          # condition-number warnings: see docs
         active = build_active_set(basis, train)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, require_shared
 
-from ace_uq_calc._atomic_io import atomic_write
+from ace_uq_calc.atomic_io import atomic_write
 from ace_uq_calc.uncertainty.active_set import (
     AceUqWarning,
     ActiveSet,
@@ -375,7 +375,7 @@ def test_atomic_write_replaces_and_keeps_permissions(tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys, time
-    from ace_uq_calc._atomic_io import atomic_write
+    from ace_uq_calc.atomic_io import atomic_write
     target, n_chunks = sys.argv[1], int(sys.argv[2])
     with atomic_write(target) as handle:
         for i in range(n_chunks):

@@ -655,7 +655,7 @@ def test_extra_elements_in_active_set_are_ignored_and_grades_are_right(tmp_path,
 _REWRITER = textwrap.dedent(r"""
     import sys, time
     import numpy as np
-    import ace_uq_calc._atomic_io as atomic_io
+    import ace_uq_calc.atomic_io as atomic_io
     kind, target, source_a, source_b = sys.argv[1:5]
     real_fsync = atomic_io.os.fsync
 

@@ -15,7 +15,7 @@ from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE
 
-from .._atomic_io import atomic_write
+from ..atomic_io import atomic_write
 from ..calculator import ACECalculator
 from ..io import write_frames
 from ..monitor import ALIASES, MEASURES, REDUCTIONS, UncertaintyMonitor, get_measure

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.evaluate import evaluate
+from ..model.basis import build_basis
 from ..model.yaml_format import BondSpec, EmbeddingSpec, FunctionSpec, PotentialFile
 
 
@@ -127,9 +129,6 @@ def prune_dependent_functions(pot: PotentialFile, relative_tolerance: float = 1e
     (lower rank first) and a function is kept only if its residual exceeds ``relative_tolerance`` times
     its norm. Returns a new PotentialFile (the input is not modified).
     """
-    from ..model.basis import build_basis
-    from ..uncertainty.projections import structure_projections
-
     basis = build_basis(pot)
     rcut = float(basis.cutoff_matrix.min())
     kept_specs = {}
@@ -139,7 +138,8 @@ def prune_dependent_functions(pot: PotentialFile, relative_tolerance: float = 1e
         for atoms in clusters:
             atoms = atoms.copy()
             atoms.symbols[0] = el
-            _, x = structure_projections(basis, atoms)
+            x = evaluate(basis, atoms.positions, atoms.cell.array, atoms.pbc,
+                         basis.species_of(atoms.get_chemical_symbols()), forces=False, projections=True).projections
             rows.append(x[0, : basis.nfunc[el]])
         X = np.array(rows)
         norms = np.linalg.norm(X, axis=0)

@@ -103,7 +103,8 @@ def bootstrap_members(basis: ACEBasis, result: FitResult, frames, weights, count
 
 def ensemble_potentials(basis: ACEBasis, result: FitResult, method: str, count: int, frames=None, weights=None,
                         seed: int = 0, progress: bool = False) -> list:
-    """K member potentials (PotentialFile) of the fit ``result`` on ``basis`` (see module docstring)."""
+    """K member potentials (PotentialFile) of the fit ``result`` on ``basis`` (see module docstring);
+    ``frames`` (the training structures) are needed by the bootstrap, ``weights`` default to the fit's."""
     if method not in METHODS:
         raise ValueError(f"unknown ensemble method {method!r}: choose one of {', '.join(METHODS)}")
     if int(count) != count or count < 2:
@@ -111,6 +112,7 @@ def ensemble_potentials(basis: ACEBasis, result: FitResult, method: str, count: 
     if method == "posterior":
         coefs = posterior_members(basis, result, int(count), seed=seed)
     else:
+        weights = weights if weights is not None else result.weights
         if frames is None or weights is None:
             raise ValueError("the bootstrap needs the training frames and fit weights")
         coefs = bootstrap_members(basis, result, frames, weights, int(count), seed=seed, progress=progress)

@@ -135,6 +135,8 @@ class FitResult:
     #: widening of the posterior that makes its spread match the validation error (1 without a
     #: validation split; see fitting.posterior.posterior_scale_from_validation)
     posterior_scale: float = 1.0
+    #: the weights of the loss (energy, forces, stress)
+    weights: FitWeights | None = None
 
 
 def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, validation_fraction: float = 0.1,
@@ -208,7 +210,8 @@ def fit_linear(basis_or_potential, frames, weights: FitWeights | None = None, va
     return FitResult(potential=fitted, coefficients=coef[:m], reference_energies=e0, regularisation=best,
                      validation_curve=curve, fit_time=time.perf_counter() - t0,
                      n_train=len(train_idx), n_validation=n_val, e0_offset=dict(offset),
-                     normal_equations=train_eq, e0_ridge=e0_ridge, fixed_e0=dict(fixed), posterior_scale=scale)
+                     normal_equations=train_eq, e0_ridge=e0_ridge, fixed_e0=dict(fixed), posterior_scale=scale,
+                     weights=weights)
 
 
 def fitted_potential(basis: ACEBasis, coef: np.ndarray, offset: dict, fixed: dict):

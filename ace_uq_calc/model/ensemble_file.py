@@ -11,7 +11,7 @@ import os
 
 import yaml
 
-from .._atomic_io import atomic_write
+from ..atomic_io import atomic_write
 from .yaml_format import PotentialFormatError
 
 #: top-level key of an ensemble file (a YAML list of member paths, relative to the file)

@@ -573,7 +573,7 @@ def _function_entry(f: FunctionSpec) -> str:
 
 def write_potential_file(pot: PotentialFile, path) -> None:
     """Write ``pot`` as a B-basis ``.yaml``, atomically (temporary file, fsync, rename)."""
-    from .._atomic_io import atomic_write
+    from ..atomic_io import atomic_write
 
     text = format_potential(pot)
     with atomic_write(path, mode="w") as handle:

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .._atomic_io import atomic_write
+from ..atomic_io import atomic_write
 from . import metrics as m
 from .collect import AtomTable
 

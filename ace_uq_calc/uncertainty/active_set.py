@@ -29,7 +29,7 @@ import numpy as np
 import scipy.linalg
 from tqdm import tqdm
 
-from .._atomic_io import atomic_write
+from ..atomic_io import atomic_write
 from ..progress import progress_bar
 from .grades import extrapolation_grade, extrapolation_grades_into
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._atomic_io import atomic_write
+from ..atomic_io import atomic_write
 
 FORMAT_NAME = "ace_uq_calc error calibration"
 FORMAT_VERSION = 1

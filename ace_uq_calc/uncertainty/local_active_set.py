@@ -73,7 +73,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from numba import get_num_threads
 
-from .._atomic_io import atomic_write
+from ..atomic_io import atomic_write
 from ..kernels.local_gamma import local_grades
 
 FORMAT_NAME = "ace_uq_calc.local_active_set"
