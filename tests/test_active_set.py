@@ -17,13 +17,10 @@ import pytest
 from conftest import FIXTURES, require_shared
 
 from ace_uq_calc.atomic_io import atomic_write
-from ace_uq_calc.uncertainty.active_set import (
-    AceUqWarning,
-    ActiveSet,
-    build_active_set_from_projections,
-    maxvol,
-    select_active_set_streaming,
-)
+from ace_uq_calc.uncertainty.active_set import ActiveSet, build_active_set_from_projections, companion_path
+from ace_uq_calc.uncertainty.maxvol import AceUqWarning, maxvol
+from ace_uq_calc.uncertainty.subspace_selection import rank_tolerance, select_subspace_active_set
+from ace_uq_calc.uncertainty.thresholds import GradeDistribution
 from ace_uq_calc.uncertainty.grades import extrapolation_grade, gamma_amplification
 
 TOLERANCE = 1.001
@@ -131,28 +128,43 @@ def test_maxvol_increases_volume_monotonically():
 
 
 @pytest.mark.parametrize("batch_size", [7, 29, 30, 250, 2000])
-def test_streaming_selection_bounds_training_grades(batch_size):
+@pytest.mark.parametrize("memory_budget", [0.0, 1e9])
+def test_streaming_selection_bounds_training_grades(batch_size, memory_budget):
     rng = np.random.default_rng(3)
     x = random_projections(rng)
-    rows = select_active_set_streaming(batches_of(x, batch_size), 30, tolerance=TOLERANCE)
-    assert rows.shape == (30, 30)
-    # every active row is a training row
-    for row in rows:
+    result = select_subspace_active_set(batches_of(x, batch_size), 30, tolerance=TOLERANCE,
+                                        memory_budget=memory_budget)
+    assert result.rank == 30 and result.rows.shape == (30, 30) and result.converged
+    assert result.source_reads == (1 if memory_budget else 1 + result.passes)
+    for row in result.rows:                          # every active row is a training row
         assert np.any(np.all(x == row, axis=1))
-    np.testing.assert_allclose(numpy_grades(rows, rows), 1.0, atol=1e-9)
-    assert numpy_grades(x, rows).max() <= TOLERANCE + 1e-9
+    np.testing.assert_allclose(numpy_grades(result.rows, result.rows), 1.0, atol=1e-9)
+    assert numpy_grades(x, result.rows).max() <= TOLERANCE + 1e-9
+    # full rank: the grading operator is the inverse of the active rows (pacemaker's gamma)
+    np.testing.assert_allclose(result.operator, np.linalg.inv(result.rows), rtol=0,
+                               atol=1e-9 * np.abs(result.operator).max())
 
 
-def test_selection_independent_of_batching_up_to_tolerance():
+def test_selection_independent_of_batching_and_equal_to_unstreamed_maxvol_up_to_tolerance():
     rng = np.random.default_rng(3)
     x = random_projections(rng)
-    selections = [select_active_set_streaming(batches_of(x, size), 30, TOLERANCE) for size in (7, 250, 2000)]
+    selections = [select_subspace_active_set(batches_of(x, size), 30, TOLERANCE).rows for size in (7, 250, 2000)]
+    unstreamed, _ = maxvol(x, TOLERANCE)
+    selections.append(x[unstreamed])
     volumes = [np.linalg.slogdet(rows)[1] for rows in selections]
     for a in selections:
         for b in selections:
             assert numpy_grades(a, b).max() <= TOLERANCE + 1e-9
     # a = C b with |C_ij| <= tolerance, so Hadamard's inequality gives |det a| <= (sqrt(m) tol)^m |det b|
     assert max(volumes) - min(volumes) <= 30 * np.log(np.sqrt(30) * TOLERANCE) + 1e-9
+
+
+def test_selection_converges_in_few_passes():
+    rng = np.random.default_rng(13)
+    x = random_projections(rng, n_rows=20000, m=60)
+    result = select_subspace_active_set(batches_of(x, 4096), 60, TOLERANCE)
+    assert result.converged and result.passes <= 3 and result.source_reads == 1, result.passes
+    assert numpy_grades(x, result.rows).max() <= TOLERANCE + 1e-9
 
 
 def test_maxvol_rejects_rank_deficient_matrix_and_bad_input():
@@ -166,22 +178,62 @@ def test_maxvol_rejects_rank_deficient_matrix_and_bad_input():
         maxvol(rng.normal(size=(20, 8)), initial=[0, 0, 1, 2, 3, 4, 5, 6])
 
 
-def test_unconverged_streaming_warns():
+def test_unconverged_selection_warns():
     rng = np.random.default_rng(3)
     x = random_projections(rng)
-    with pytest.warns(AceUqWarning, match=r"did not converge within 1 pass\(es\)"):
-        select_active_set_streaming(batches_of(x, 50), 30, TOLERANCE, max_passes=1)
+    with pytest.warns(AceUqWarning, match=r"did not converge within 1 MaxVol pass\(es\)"):
+        select_subspace_active_set(batches_of(x, 50), 30, TOLERANCE, max_passes=1)
 
 
-def test_streaming_accepts_sequences_and_one_shot_iterators():
+def test_selection_accepts_sequences_and_one_shot_iterators():
     rng = np.random.default_rng(4)
     x = random_projections(rng, n_rows=600, m=12)
     as_list = [x[i:i + 100] for i in range(0, 600, 100)]
-    rows = select_active_set_streaming(as_list, tolerance=TOLERANCE)
+    rows = select_subspace_active_set(as_list, tolerance=TOLERANCE).rows
     assert numpy_grades(x, rows).max() <= TOLERANCE + 1e-9
-    one_shot = select_active_set_streaming(iter(as_list), tolerance=TOLERANCE)
-    assert one_shot.shape == (12, 12)
-    assert np.all(np.isfinite(numpy_grades(x, one_shot)))
+    one_shot = select_subspace_active_set(iter(as_list), tolerance=TOLERANCE).rows
+    assert one_shot.shape == (12, 12) and numpy_grades(x, one_shot).max() <= TOLERANCE + 1e-9
+
+
+def test_rank_deficient_data_grade_in_the_subspace_plus_distance():
+    """Data of rank 10 in 30 functions: the rank is found, training rows stay within the tolerance,
+    an environment inside the span gets the grade of its coordinates in the active rows (independent
+    numpy: least squares on the active rows), and one outside the span a grade that rises linearly
+    with its distance from the span. The grades are finite: no 'condition number inf'."""
+    rng = np.random.default_rng(7)
+    span = rng.normal(size=(10, 30))
+    x = rng.normal(size=(2000, 10)) @ span
+    active_set = build_active_set_from_projections({"W": x}, tolerance=TOLERANCE, batch_size=128)
+    assert active_set.ranks["W"] == 10 and np.isfinite(active_set.condition_numbers["W"])
+    assert active_set.distance_columns["W"].shape == (30, 20)
+    assert active_set.grades("W", x).max() <= TOLERANCE + 1e-9
+    rows = active_set.active_projections["W"]
+    inside = rng.normal(size=(50, 10)) @ span
+    coefficients = np.linalg.lstsq(rows.T, inside.T, rcond=None)[0].T      # inside = c @ rows
+    np.testing.assert_allclose(active_set.grades("W", inside), np.abs(coefficients).max(axis=1), rtol=1e-8)
+    normal = np.linalg.svd(span)[2][-1]                                    # a direction outside the span
+    base = inside[:1]
+    grades = [active_set.grades("W", base + eps * normal)[0] for eps in (0.0, 1e-3, 1e-2, 1e-1, 1.0, 1e2, 1e3)]
+    assert grades[0] <= grades[1] <= grades[2] < grades[3] < grades[4] < grades[5] < grades[6]
+    assert grades[6] / grades[5] == pytest.approx(10.0, rel=1e-2)      # linear far outside the span
+    # pacemaker's view (the .asi alone) sees only the subspace grade
+    assert np.abs((base + 1e3 * normal) @ active_set.inverse["W"]).max() < 0.5 * grades[6]
+    # fewer environments than functions: still finite
+    small = build_active_set_from_projections({"W": rng.normal(size=(12, 30))})
+    assert small.ranks["W"] == 12 and np.all(np.isfinite(small.grades("W", rng.normal(size=(5, 30)))))
+
+
+def test_rank_decision_is_scale_free():
+    """Columns of very different scales (1 .. 1e-10) are still resolved: the rank decision is made on
+    column-equilibrated data, like MaxVol itself is scale free."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(500, 12)) * np.logspace(0, -10, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AceUqWarning)
+        active_set = build_active_set_from_projections({"Cu": x}, tolerance=TOLERANCE)
+    assert active_set.ranks["Cu"] == 12
+    assert active_set.grades("Cu", x).max() <= TOLERANCE + 1e-6
+    assert rank_tolerance(12) == pytest.approx(10 * np.sqrt(12 * np.finfo(float).eps))
 
 
 def test_build_active_set_from_arrays():
@@ -195,7 +247,8 @@ def test_build_active_set_from_arrays():
         assert asi.flags["C_CONTIGUOUS"] and asi.dtype == np.float64
         np.testing.assert_allclose(asi, np.linalg.inv(rows), rtol=0, atol=1e-10 * np.abs(asi).max())
         assert active_set.grades(element, x).max() <= TOLERANCE + 1e-9
-        assert active_set.condition_numbers[element] == pytest.approx(np.linalg.cond(rows), rel=1e-8)
+        scale = np.linalg.norm(x, axis=0)          # conditioning in column-equilibrated coordinates
+        assert active_set.condition_numbers[element] == pytest.approx(np.linalg.cond(rows / scale), rel=1e-8)
 
 
 def test_progress_bar_goes_to_stderr(capsys):
@@ -204,35 +257,6 @@ def test_progress_bar_goes_to_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "W: 100%" in captured.err and "300/300" in captured.err and "pass " in captured.err
-
-
-def test_rank_deficient_data_warns_and_stays_finite():
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(2000, 10)) @ rng.normal(size=(10, 30))     # rank 10 < m = 30
-    with pytest.warns(AceUqWarning, match=r"10 of 30.*condition number"):
-        rows = select_active_set_streaming(batches_of(x, 128), 30, TOLERANCE)
-    assert np.all(np.isfinite(rows))
-    with pytest.warns(AceUqWarning, match=r"condition number inf \([0-9.e+]+ on the spanned subspace\)"):
-        active_set = build_active_set_from_projections({"W": x}, tolerance=TOLERANCE, batch_size=128)
-    asi = active_set.inverse["W"]
-    assert np.all(np.isfinite(asi))
-    training_grades = active_set.grades("W", x)
-    assert np.all(np.isfinite(training_grades)) and training_grades.max() <= TOLERANCE + 1e-9
-    new_grades = active_set.grades("W", rng.normal(size=(50, 30)))
-    assert np.all(np.isfinite(new_grades)) and np.all(new_grades > 0)
-    # fewer environments than functions: still no crash
-    with pytest.warns(AceUqWarning, match="12 of 30"):
-        small = build_active_set_from_projections({"W": rng.normal(size=(12, 30))})
-    assert np.all(np.isfinite(small.inverse["W"]))
-
-
-def test_ill_conditioned_active_set_warns_with_condition_number():
-    rng = np.random.default_rng(8)
-    x = rng.normal(size=(500, 12)) * np.logspace(0, -10, 12)
-    with pytest.warns(AceUqWarning, match=r"ill-conditioned, condition number [0-9.]+e\+1[0-9]"):
-        active_set = build_active_set_from_projections({"Cu": x}, tolerance=TOLERANCE)
-    assert active_set.condition_numbers["Cu"] > 1e8
-    assert active_set.grades("Cu", x).max() <= TOLERANCE + 1e-6
 
 
 def test_well_conditioned_build_does_not_warn():
@@ -273,6 +297,64 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     with zipfile.ZipFile(path) as archive:
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
     assert not [p for p in tmp_path.iterdir() if p.name != "pot.asi"], "temporary file left behind"
+
+
+def test_companion_file_round_trip_and_integrity(tmp_path):
+    """A rank-deficient set with a grade distribution: the .asi stays pacemaker's layout (one square member
+    per element), the rest goes to the companion file; reading both gives the same grades and thresholds;
+    an altered companion, or an .asi replaced after both were written, is refused naming the file."""
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(800, 6)) @ rng.normal(size=(6, 15))
+    distribution = GradeDistribution.from_grades(rng.lognormal(-1.0, 0.5, 500), 50)
+    active_set = build_active_set_from_projections({"W": x}, grade_distribution=distribution)
+    path = tmp_path / "pot.asi"
+    active_set.save(path)
+    with np.load(path, allow_pickle=False) as plain:
+        assert plain.files == ["W"] and plain["W"].shape == (15, 15)
+    loaded = ActiveSet.load(path, nfunc_per_element={"W": 15})
+    probe = rng.normal(size=(20, 15))
+    assert np.array_equal(loaded.grades("W", probe), active_set.grades("W", probe))
+    assert loaded.ranks == {"W": 6} and loaded.thresholds(100) == active_set.thresholds(100)
+    assert loaded.info["W"]["rank"] == 6
+    companion = companion_path(path)
+    original = open(companion, "rb").read()
+    members = dict(np.load(companion, allow_pickle=False))
+    members["W.distance_columns"] = members["W.distance_columns"] * 2
+    with open(companion, "wb") as handle:
+        np.savez(handle, **members)
+    with pytest.raises(ValueError, match=r"pot\.asi\.uq\.npz: checksum mismatch"):
+        ActiveSet.load(path, nfunc_per_element={"W": 15})
+    with open(companion, "wb") as handle:
+        handle.write(original)
+    ActiveSet({"W": np.eye(15)}).save(tmp_path / "other.asi")
+    os.replace(tmp_path / "other.asi", path)                        # the .asi replaced, the companion kept
+    with pytest.raises(ValueError, match=r"belongs to another active set"):
+        ActiveSet.load(path, nfunc_per_element={"W": 15})
+    ActiveSet({"W": np.eye(15)}).save(path)                         # saving without extras removes it
+    assert not os.path.exists(companion) and ActiveSet.load(path).thresholds(10) is None
+
+
+@pytest.mark.parametrize("n_atoms", [1, 9, 100, 2000])
+def test_thresholds_reproduce_their_target_rates_on_synthetic_grades(n_atoms):
+    """Per-atom grades drawn from a known distribution (log-normal body, Pareto-like tail); thresholds from
+    40 000 held-out atoms; then 200 000 / n_atoms-sized fresh structures of the same distribution: the
+    fractions above the flag and halt thresholds match 1 % and 0.1 % within the binomial noise (and the
+    tail model's error for the far quantiles of large structures)."""
+    rng = np.random.default_rng(15)
+
+    def draw(size):
+        return rng.lognormal(-1.0, 0.6, size) * (1.0 + rng.pareto(4.0, size) * (rng.random(size) < 0.2))
+
+    distribution = GradeDistribution.from_grades(draw(40000), 4000)
+    flag, halt = distribution.thresholds(n_atoms)
+    assert flag >= 1.0 and halt >= flag
+    n_structures = 400_000 // max(n_atoms, 1) if n_atoms < 100 else 4000
+    maxima = draw((n_structures, n_atoms)).max(axis=1)
+    flagged, halted = (maxima > flag).mean(), (maxima > halt).mean()
+    if flag > 1.0:                              # (a threshold at the floor of 1 flags fewer)
+        assert flagged == pytest.approx(0.01, rel=0.35), (flag, flagged)
+    assert halted <= 0.002 + 3 * np.sqrt(0.001 / n_structures), (halt, halted)
+    assert distribution.thresholds(10 * n_atoms)[0] >= flag              # larger structures: higher
 
 
 def test_pacemaker_file_round_trip(tmp_path):

@@ -132,17 +132,24 @@ def test_kernel_agrees_with_numpy_reference_and_cluster_is_the_argmin(which, req
     assert gamma[len(projections[0]):-1].max() > 1.5     # the novel structures are extrapolative
 
 
-def test_single_full_rank_cluster_equals_global_gamma(projections, novel):
+def test_single_full_rank_cluster_is_a_valid_global_active_set(projections, novel):
+    """One full-rank cluster is an ordinary (global) active set: its grade is max_j |(x A^-1)_j| for its
+    active rows A (independent numpy), every training row is within the tolerance, and it and the global
+    active set of the same data dominate each other within the tolerance (both are MaxVol solutions)."""
     x = projections[0]
     local = build_local_active_set_from_projections({"Cu": x}, n_clusters=1)
-    assert local.clusters["Cu"].distance_scale[0] == 0       # full rank
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AceUqWarning)
-        global_set = build_active_set_from_projections({"Cu": x})
+    cs = local.clusters["Cu"]
+    assert cs.distance_scale[0] == 0       # full rank
+    active_rows = np.linalg.inv(cs.inverse)
     for rows in (x, novel):
         gamma, cluster = local.grades("Cu", rows)
-        np.testing.assert_allclose(gamma, global_set.grades("Cu", rows), rtol=1e-9)
+        np.testing.assert_allclose(gamma, np.abs(rows @ np.linalg.inv(active_rows)).max(axis=1), rtol=1e-8)
         assert np.all(cluster == 0)
+    assert local.grades("Cu", x)[0].max() <= 1.001 + 1e-9
+    global_set = build_active_set_from_projections({"Cu": x})
+    assert global_set.grades("Cu", x).max() <= 1.001 + 1e-9
+    assert global_set.grades("Cu", active_rows).max() <= 1.001 + 1e-6
+    assert local.grades("Cu", global_set.active_projections["Cu"])[0].max() <= 1.001 + 1e-6
 
 
 def test_small_cluster_gives_positive_finite_grades_off_its_subspace(local_labels, projections, novel):

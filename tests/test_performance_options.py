@@ -195,21 +195,28 @@ def test_num_threads_validation(alni):
 
 def test_gamma_kernel_equals_blas_formula():
     rng = np.random.default_rng(2)
-    for m, n in ((1, 3), (7, 5), (40, 33), (61, 1)):
+    for m, n in ((1, 3), (7, 5), (40, 33), (61, 1), (300, 9)):
         asi = np.ascontiguousarray(rng.normal(size=(m, m)))
         x = rng.normal(size=(n, m + 3))                 # wider rows: only the first m columns count
         x[0] = 0.0                                      # an isolated atom: gamma 0
         rows = np.arange(n, dtype=np.int64)[::-1].copy()   # any order, written to out[rows]
         out = np.full(n, -1.0)
-        extrapolation_grades(x, rows, asi, 2, out)
-        ref = extrapolation_grade(x[:, :m], asi)
+        extrapolation_grades(x, rows, asi, m, 2, out)
+        ref = np.max(np.abs(x[:, :m] @ asi), axis=1)    # numpy's BLAS product, the reference
         kappa = gamma_amplification(x[:, :m], asi)
         assert np.all(np.abs(out - ref) <= 1e-13 * kappa * ref + 1e-300)
         assert out[0] == 0.0
         subset = np.array([n - 1], dtype=np.int64)
         out2 = np.zeros(n)
-        extrapolation_grades(x, subset, asi, 1, out2)
+        extrapolation_grades(x, subset, asi, m, 1, out2)
         assert out2[n - 1] == out[n - 1] and not out2[: n - 1].any()
+        # the columns from r on measure a distance: gamma = max(max_j<r |c_j|, ||c_{j>=r}||)
+        for r in sorted({0, m // 2, m - 1, 129 % max(m, 1)}):
+            out3 = np.full(n, -1.0)
+            extrapolation_grades(x, rows, asi, r, 2, out3)
+            c = x[:, :m] @ asi
+            ref3 = np.maximum(np.abs(c[:, :r]).max(axis=1, initial=0.0), np.linalg.norm(c[:, r:], axis=1))
+            assert np.allclose(out3, ref3, rtol=1e-12, atol=1e-300), (m, r)
 
 
 def test_exact_change_detection_agrees_with_ase(alni):

@@ -29,7 +29,7 @@ from ace_uq_calc import ACECalculator, ActiveSet, PotentialFormatError
 from ace_uq_calc.engine.evaluate import evaluate
 from ace_uq_calc.engine.structure import MAX_NEIGHBOURS_PER_ATOM, MIN_PAIR_DISTANCE
 from ace_uq_calc.model.basis import load_basis
-from ace_uq_calc.model.yaml_format import PotentialFormatWarning, read_potential_file
+from ace_uq_calc.model.yaml_format import CHECKSUM_KEY, read_potential_file, write_potential_file
 
 ALNI_NFUNC = 110          # functions per element of AlNi_fs (pacemaker-format.md 13.1)
 
@@ -448,37 +448,67 @@ def _truncation_offsets(size, count=60, seed=7):
 
 def test_truncated_potential_files(tmp_path, alni_asi_path):
     """A truncated .yaml is a PotentialFormatError naming the file (YAML errors add line and column,
-    missing fields name the field). A cut exactly after a complete function entry still parses; it
-    then has fewer functions, which the matching active set exposes at ACECalculator construction."""
+    missing fields name the field, a cut mid-line the missing final newline). A pacemaker file (no
+    checksum) cut exactly after a complete function entry still parses; it then has fewer functions, which
+    the matching active set exposes at ACECalculator construction."""
     source = Path(fixture_file("AlNi_fs.yaml")).read_bytes()
     complete = read_potential_file(fixture_file("AlNi_fs.yaml")).nfunc
     path = tmp_path / "cut.yaml"
     outcomes = {"error": 0, "fewer functions": 0, "complete": 0}
     for offset in _truncation_offsets(len(source)):
         path.write_bytes(source[:offset])
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                potential = read_potential_file(path)
-            except PotentialFormatError as exc:
-                message = str(exc)
-                assert message.startswith(f"{path}: "), message
-                assert ("line" in message or "field" in message or "empty" in message or "top level" in message
-                        or "no 1-species block" in message or "no radial description" in message), message
-                outcomes["error"] += 1
-                continue
-        warned = any(issubclass(w.category, PotentialFormatWarning) for w in caught)
-        assert warned == (not source[:offset].endswith(b"\n")), offset   # a cut mid-line is warned about
+        try:
+            potential = read_potential_file(path)
+        except PotentialFormatError as exc:
+            message = str(exc)
+            assert message.startswith(f"{path}: "), message
+            assert ("line" in message or "field" in message or "empty" in message or "top level" in message
+                    or "no 1-species block" in message or "no radial description" in message
+                    or "does not end with a newline" in message), message
+            if not source[:offset].endswith(b"\n"):
+                assert "does not end with a newline" in message or "empty" in message, (offset, message)
+            outcomes["error"] += 1
+            continue
+        assert source[:offset].endswith(b"\n"), offset          # a cut mid-line is never accepted
         if potential.nfunc == complete:
             outcomes["complete"] += 1
             continue
         outcomes["fewer functions"] += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PotentialFormatWarning)
-            with pytest.raises(ValueError, match=r"AlNi_fs\.asi: member '(Al|Ni)' has size 110x110"):
-                ACECalculator(str(path), active_set=alni_asi_path)
+        with pytest.raises(ValueError, match=r"AlNi_fs\.asi: member '(Al|Ni)' has size 110x110"):
+            ACECalculator(str(path), active_set=alni_asi_path)
     print(outcomes)
     assert outcomes["error"] >= 50, outcomes
+
+
+def test_our_potential_files_carry_a_checksum_that_refuses_truncation_and_edits(tmp_path):
+    """Files written by ace_uq_calc hold a SHA-256 of their content in the metadata: a copy cut at any
+    line end, or with one coefficient altered, is refused with a message naming the file; the intact
+    file reads back identically; pacemaker's files (no checksum) load as before."""
+    original = read_potential_file(fixture_file("AlNi_fs.yaml"))
+    assert CHECKSUM_KEY not in original.metadata
+    path = tmp_path / "ours.yaml"
+    write_potential_file(original, path)
+    text = path.read_text()
+    assert f"  {CHECKSUM_KEY}: '" in text
+    back = read_potential_file(path)
+    assert back.nfunc == original.nfunc and len(back.metadata[CHECKSUM_KEY]) == 64
+    lines = text.splitlines(keepends=True)
+    cut = tmp_path / "cut.yaml"
+    refused = 0
+    for keep in range(len(lines) // 2, len(lines)):          # every cut at a line end of the second half
+        cut.write_text("".join(lines[:keep]))
+        with pytest.raises(PotentialFormatError, match=rf"{cut}: (checksum mismatch|.*line|.*field)"):
+            read_potential_file(cut)
+        refused += 1
+    assert refused >= 10
+    edited = tmp_path / "edited.yaml"
+    index = next(k for k, line in enumerate(lines) if "c: [" in line)
+    lines[index] = lines[index].replace("c: [", "c: [1", 1)
+    edited.write_text("".join(lines))
+    with pytest.raises(PotentialFormatError, match=rf"{edited}: checksum mismatch"):
+        read_potential_file(edited)
+    write_potential_file(back, tmp_path / "again.yaml")             # rewriting replaces the old checksum
+    assert (tmp_path / "again.yaml").read_text() == text
 
 
 def test_truncated_active_set_files(tmp_path, alni_basis, alni_asi_path):

@@ -16,9 +16,10 @@ _PANEL = 128
 
 
 @njit(cache=True, fastmath={"contract"})
-def _block_panel(x, rows, start, count, asi, j0, j1, acc, best):
-    """best[start + t] = max(best[start + t], max_{j0 <= j < j1} |(x[rows[start + t]] @ asi)_j|) for the
-    ``count`` (<= 4) atoms from ``start``; acc: (4, >= j1 - j0) scratch.
+def _block_panel(x, rows, start, count, asi, j0, j1, acc, best, squares):
+    """For the ``count`` (<= 4) atoms from ``start`` and the columns j0 <= j < j1 of c_j = x[rows[start + t]] @ asi:
+    best[start + t] = max(best[start + t], max_j |c_j|), or with ``squares`` best[start + t] += sum_j c_j^2.
+    acc: (4, >= j1 - j0) scratch.
 
     Four accumulator rows updated with two rows of ASI per sweep: few enough arrays per loop for LLVM
     to vectorise the sweep over j (each extra array adds run-time overlap checks)."""
@@ -72,35 +73,53 @@ def _block_panel(x, rows, start, count, asi, j0, j1, acc, best):
     for t in range(count):
         row = acc[t, :w]
         b = best[start + t]
-        for j in range(w):
-            v = abs(row[j])
-            if v > b or v != v:          # NaN propagates
-                b = v
+        if squares:
+            for j in range(w):
+                b += row[j] * row[j]
+        else:
+            for j in range(w):
+                v = abs(row[j])
+                if v > b or v != v:          # NaN propagates
+                    b = v
         best[start + t] = b
 
 
 @njit(cache=True, parallel=True)
-def extrapolation_grades(x, rows, asi, n_chunks, out):
-    """out[rows[t]] = max_j |sum_k x[rows[t], k] asi[k, j]| for every t.
+def extrapolation_grades(x, rows, asi, n_max_columns, n_chunks, out):
+    """out[rows[t]] = max(max_{j < n_max_columns} |c_j|, sqrt(sum_{j >= n_max_columns} c_j^2)) with
+    c = x[rows[t], :m] @ asi, for every t.
 
     x (N, >= m) float64 projections (only the first m columns are used); rows (n,) int64 atoms of one
-    element; asi (m, m) float64 C-contiguous; n_chunks: parallel chunks of atoms (blocks of four).
+    element; asi (m, c) float64 C-contiguous: the inverse active set (its first ``n_max_columns``
+    columns; pacemaker's gamma with n_max_columns = c = m), then, for an active set that spans a
+    subspace, the columns whose coordinates measure the distance from that subspace (Euclidean norm);
+    n_chunks: parallel chunks of atoms (blocks of four).
     """
     n = rows.shape[0]
     m = asi.shape[0]
+    c = asi.shape[1]
     n_blocks = (n + _BLOCK - 1) // _BLOCK
     if n_chunks < 1:
         n_chunks = 1
     best = np.zeros(n)
+    squares = np.zeros(n)
     for chunk_u in prange(n_chunks):
         chunk = np.int64(chunk_u)
         b0 = (chunk * n_blocks) // n_chunks
         b1 = ((chunk + 1) * n_blocks) // n_chunks
         acc = np.empty((_BLOCK, _PANEL))
-        for j0 in range(0, m, _PANEL):
-            j1 = min(m, j0 + _PANEL)
+        j0 = 0
+        while j0 < c:                   # panels of columns, split where the distance columns begin
+            j1 = min(c, j0 + _PANEL)
+            if j0 < n_max_columns < j1:
+                j1 = n_max_columns
             for b in range(b0, b1):
                 start = b * _BLOCK
-                _block_panel(x, rows, start, min(_BLOCK, n - start), asi, j0, j1, acc, best)
+                if j0 < n_max_columns:
+                    _block_panel(x, rows, start, min(_BLOCK, n - start), asi, j0, j1, acc, best, False)
+                else:
+                    _block_panel(x, rows, start, min(_BLOCK, n - start), asi, j0, j1, acc, squares, True)
+            j0 = j1
     for t in range(n):
-        out[rows[t]] = best[t]
+        distance = np.sqrt(squares[t])
+        out[rows[t]] = best[t] if best[t] >= distance or best[t] != best[t] else distance

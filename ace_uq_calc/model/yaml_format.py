@@ -8,25 +8,24 @@ Units: distances in Angstrom, energies in eV.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import math
 import os
-import warnings
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import yaml
 
+from ..atomic_io import atomic_write
 from .elements import ATOMIC_NUMBERS
 
 
 class PotentialFormatError(ValueError):
     """A potential file is missing a field or has a malformed one."""
-
-
-class PotentialFormatWarning(UserWarning):
-    """A potential file loads but looks suspicious (e.g. it may have been truncated)."""
 
 
 # Sanity limits far above any fitted pacemaker potential (radial sizes ~ 10-30, lmax ~ 6): a corrupted
@@ -481,6 +480,10 @@ def read_potential_file(path) -> PotentialFile:
             text = handle.read()
     except OSError as exc:
         raise PotentialFormatError(f"{path}: cannot read potential file ({exc.strerror})") from None
+    if text.strip() and not text.endswith("\n"):
+        raise PotentialFormatError(
+            f"{path}: the potential file does not end with a newline: it was truncated (a file cut after a "
+            "complete function entry would still parse, with fewer functions), so it is refused")
     stream = io.StringIO(text)
     stream.name = path           # so that PyYAML's error marks name the file, with line and column
     try:
@@ -489,14 +492,37 @@ def read_potential_file(path) -> PotentialFile:
         raise PotentialFormatError(f"{path}: not valid YAML: {exc}") from None
     if document is None:
         raise PotentialFormatError(f"{path}: empty potential file")
-    potential = parse_potential(document, source=path)
-    if not text.endswith("\n"):
-        warnings.warn(
-            f"{path}: the potential file does not end with a newline; it may have been truncated "
-            "(a file cut after a complete function entry still parses, with fewer functions)",
-            PotentialFormatWarning, stacklevel=2,
-        )
-    return potential
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    verify_checksum(text, metadata if isinstance(metadata, dict) else {}, path)
+    return parse_potential(document, source=path)
+
+
+# --------------------------------------------------------------------------------------
+# checksum of the files written by ace_uq_calc
+
+#: metadata key of the SHA-256 checksum that ace_uq_calc writes into every potential file; files
+#: without it (written by pacemaker or by hand) are read without a check
+CHECKSUM_KEY = "ace_uq_calc_sha256"
+_CHECKSUM_LINE = re.compile(r"^  " + CHECKSUM_KEY + r": .*\n", re.MULTILINE)
+
+
+def _checksum_of(text: str) -> str:
+    """SHA-256 (hex) of a potential file's text without its checksum line."""
+    return hashlib.sha256(_CHECKSUM_LINE.sub("", text, count=1).encode("utf-8")).hexdigest()
+
+
+def verify_checksum(text: str, metadata: dict, source: str) -> None:
+    """PotentialFormatError naming ``source`` when the file's stored checksum does not match its text
+    (altered, truncated at a line end, or otherwise damaged after it was written); no check without one."""
+    stored = (metadata or {}).get(CHECKSUM_KEY)
+    if stored is None:
+        return
+    actual = _checksum_of(text)
+    if str(stored) != actual:
+        raise PotentialFormatError(
+            f"{source}: checksum mismatch (metadata {CHECKSUM_KEY} = {stored}, content gives {actual}): the file "
+            "was altered or truncated after ace_uq_calc wrote it; refit or restore it (remove the "
+            f"{CHECKSUM_KEY} line to accept a deliberate edit)")
 
 
 # --------------------------------------------------------------------------------------
@@ -572,10 +598,11 @@ def _function_entry(f: FunctionSpec) -> str:
 
 
 def write_potential_file(pot: PotentialFile, path) -> None:
-    """Write ``pot`` as a B-basis ``.yaml``, atomically (temporary file, fsync, rename)."""
-    from ..atomic_io import atomic_write
-
-    text = format_potential(pot)
+    """Write ``pot`` as a B-basis ``.yaml``, atomically (temporary file, fsync, rename), with the
+    SHA-256 checksum of its content in the metadata (:data:`CHECKSUM_KEY`, verified on reading)."""
+    marked = dataclasses.replace(pot, metadata={**(pot.metadata or {}), CHECKSUM_KEY: "-"})
+    text = format_potential(marked)
+    text = text.replace(f"  {CHECKSUM_KEY}: '-'\n", f"  {CHECKSUM_KEY}: '{_checksum_of(text)}'\n", 1)
     with atomic_write(path, mode="w") as handle:
         handle.write(text)
 

@@ -33,16 +33,20 @@ def _checked_operands(projections, inverse_active_set) -> tuple[np.ndarray, np.n
     return x, asi
 
 
-def extrapolation_grades_into(projections, rows, inverse_active_set, threads: int, out) -> None:
+def extrapolation_grades_into(projections, rows, operator, threads: int, out, max_columns: int | None = None) -> None:
     """out[rows] = gamma of the atoms ``rows`` (int array) of ONE element: their projections are
-    ``projections[rows, :m]`` (rows may be wider than m, the size of the square ``inverse_active_set``).
-    The Numba kernel :func:`~ace_uq_calc.kernels.gamma.extrapolation_grades` on ``threads`` threads (at
-    most one per atom); ``projections`` and ``inverse_active_set`` C-contiguous float64."""
+    ``projections[rows, :m]`` (rows may be wider than m, the number of rows of ``operator``).
+    ``operator`` (m, c): the inverse active set, whose first ``max_columns`` columns (default: all) give
+    max_j |(x ASI)_j|; further columns measure the distance from the spanned subspace (Euclidean norm of
+    those coordinates), and gamma is the larger of the two. The Numba kernel
+    :func:`~ace_uq_calc.kernels.gamma.extrapolation_grades` on ``threads`` threads (at most one per atom);
+    ``projections`` and ``operator`` C-contiguous float64."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
-    if projections.shape[1] < inverse_active_set.shape[0]:
+    if projections.shape[1] < operator.shape[0]:
         raise ValueError(f"projection width {projections.shape[1]} does not match the inverse active set "
-                         f"size {inverse_active_set.shape[0]}")
-    extrapolation_grades(projections, rows, inverse_active_set, max(1, min(int(threads), len(rows))), out)
+                         f"size {operator.shape[0]}")
+    columns = operator.shape[1] if max_columns is None else int(max_columns)
+    extrapolation_grades(projections, rows, operator, columns, max(1, min(int(threads), len(rows))), out)
 
 
 def extrapolation_grade(projections, inverse_active_set) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from ..model.basis import load_basis
-from .active_set import AceUqWarning, ActiveSet, pseudo_inverse, select_rows_streaming
+from .active_set import ActiveSet
 from .clustering import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_N_INIT,
@@ -25,6 +25,7 @@ from .clustering import (
     standardisation,
 )
 from .local_active_set import ClusterSet, LocalActiveSet
+from .maxvol import AceUqWarning, pseudo_inverse, select_rows_streaming
 from .projections import projection_width, structure_projections
 
 
