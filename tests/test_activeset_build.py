@@ -128,3 +128,45 @@ def test_empty_structure_has_max_gamma_zero(alni_basis):
     assert atoms.get_potential_energy() == 0.0
     assert atoms.get_forces().shape == (0, 3)
     assert atoms.calc.results["max_gamma"] == 0.0
+
+
+def test_held_out_structures_give_thresholds_that_the_monitor_and_cli_use(alni_basis, tmp_path, capsys):
+    """build_active_set grades held-out structures against an active set built without them; the thresholds
+    grow with the structure size; the monitor takes them when given none (and says so); ``ace-uq info`` on
+    the .asi prints them; a pacemaker .asi (no distribution) keeps the fixed defaults with a note."""
+    import ase.io
+
+    from ace_uq_calc import ACECalculator, UncertaintyMonitor
+    from ace_uq_calc.cli import main
+    from ace_uq_calc.uncertainty.build import build_active_set, held_out_structures
+
+    frames = _training_frames(seed=3, count=30)
+    held = held_out_structures(len(frames))
+    assert len(held) == 3 and len(set(held.tolist())) == 3
+    active = build_active_set(alni_basis, frames, tolerance=1.01)
+    distribution = active.grade_distribution
+    assert distribution.n_structures == 3 and distribution.n_atoms == 3 * len(frames[0])
+    small, large = active.thresholds(1), active.thresholds(10_000)
+    assert 1.0 <= small[0] <= small[1] and large[0] > small[0] and large[1] >= large[0]
+    path = tmp_path / "alni.asi"
+    active.save(path)
+    atoms = frames[0].copy()
+    atoms.calc = ACECalculator(alni_basis, active_set=str(path))
+    monitor = UncertaintyMonitor(atoms)
+    assert (monitor.flag_threshold, monitor.halt_threshold) == active.thresholds(len(atoms))
+    assert monitor.threshold_source.startswith("active set") and monitor.summary()["threshold_source"]
+    given = UncertaintyMonitor(atoms, flag_threshold=3.0, halt_threshold=30.0)
+    assert (given.flag_threshold, given.halt_threshold, given.threshold_source) == (3.0, 30.0, "given")
+    atoms.calc = ACECalculator(alni_basis, active_set=str(fixture_file("AlNi_fs.asi")))
+    old = UncertaintyMonitor(atoms)
+    assert (old.flag_threshold, old.halt_threshold) == (2.0, 10.0) and "no in-domain grade" in old.threshold_source
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    printed = capsys.readouterr().out
+    flag_100 = f"{active.thresholds(100)[0]:.3g}"
+    assert "held-out structures" in printed and f"   100 atoms: flag > {flag_100}" in printed
+    train = tmp_path / "train.xyz"
+    ase.io.write(train, frames)
+    assert main(["activeset", str(fixture_file("AlNi_fs.yaml")), str(train), "-o", str(tmp_path / "cli.asi"),
+                 "--tolerance", "1.01", "--quiet"]) == 0
+    assert "default thresholds of max gamma" in capsys.readouterr().out

@@ -84,14 +84,18 @@ def start_run(args):
 
 
 def make_monitor(args, atoms, paths, dynamics, trajectory_interval) -> UncertaintyMonitor:
-    """The monitor of the command-line options, appending to the output directory's files."""
-    return UncertaintyMonitor(
+    """The monitor of the command-line options, appending to the output directory's files; prints its
+    thresholds and where they come from."""
+    monitor = UncertaintyMonitor(
         atoms, measure=args.measure, flag_threshold=args.flag, halt_threshold=args.halt,
         reduce=args.reduce, flag_file=paths["flagged"], trajectory_file=paths["trajectory"],
         patience=args.patience, min_flag_gap=args.min_flag_gap, halt_on_isolated=args.halt_on_isolated,
         cluster_cutoff=args.cluster_cutoff, dynamics=dynamics, trajectory_interval=trajectory_interval,
         append=True,
     )
+    print(f"thresholds of {monitor.reduce_name} {monitor.measure.name}: flag > {monitor.flag_threshold:.4g}, "
+          f"halt > {monitor.halt_threshold:.4g} ({monitor.threshold_source})")
+    return monitor
 
 
 def finish(args, command, monitor, paths, atoms, extra: dict, t_start: float) -> int:
@@ -222,9 +226,10 @@ def add_monitor_options(p, default_outdir: str) -> None:
     p.add_argument("--measure", default="gamma", choices=sorted(MEASURES) + sorted(ALIASES),
                    help="per-atom uncertainty to watch (default gamma; 'error' = forces_error_estimate)")
     p.add_argument("--flag", type=float, default=None,
-                   help="flag threshold (default: the measure's, gamma 2, forces 0.1 eV/A)")
+                   help="flag threshold (default for gamma: the active set's, from held-out training "
+                        "structures for this many atoms, else 2; forces 0.1 eV/A)")
     p.add_argument("--halt", type=float, default=None,
-                   help="halt threshold (default: the measure's, gamma 10, forces 0.5 eV/A)")
+                   help="halt threshold (default for gamma: the active set's, else 10; forces 0.5 eV/A)")
     p.add_argument("--reduce", default="max", choices=sorted(REDUCTIONS), help="per-structure reduction")
     p.add_argument("--patience", type=int, default=1, help="consecutive steps above --halt before halting")
     p.add_argument("--min-flag-gap", type=int, default=10, help="minimum steps between two flagged frames")

@@ -19,7 +19,9 @@ from ..fitting.recipe import (
 from ..fitting.weights import FitWeights
 from ..model.basis import build_basis
 from ..model.yaml_format import RADIAL_BASES, write_potential_file
+from ..uncertainty.active_set import companion_path
 from ..uncertainty.build import build_active_set
+from .activeset import active_set_lines
 from .common import read_structures
 from .evaluate import ensemble_spread_lines
 
@@ -59,7 +61,8 @@ def run_fit(args) -> int:
     if args.active_set:
         active = build_active_set(basis, train, progress=not args.quiet)
         active.save(args.active_set)
-        print(f"wrote active set {args.active_set}")
+        print("\n".join(active_set_lines(active)))
+        print(f"wrote active set {args.active_set} (and {companion_path(args.active_set)})")
     if args.ensemble:
         print_ensemble_fit(args, basis, result, train, weights)
     return 0

@@ -148,8 +148,12 @@ class UncertaintyMonitor:
         ``"forces_error_estimate"`` (alias ``"error"``; ``error_calibration=...``); see
         :data:`ace_uq_calc.monitor.measures.MEASURES`.
     flag_threshold, halt_threshold : float, optional
-        In the measure's unit. ``None`` uses the measure's default (gamma: flag 2, halt 10;
-        force measures: 0.1 and 0.5 eV/Å; reasons in docs/monitor.md). ``math.inf`` disables.
+        In the measure's unit. ``None``: for gamma reduced by its maximum, the thresholds of the
+        calculator's active set for a structure of this many atoms (``ActiveSet.thresholds``: about 1 % of
+        in-domain structures flagged, 0.1 % halted, from held-out training structures); otherwise, and for
+        active sets without that information, the measure's fixed default (gamma: flag 2, halt 10;
+        force measures: 0.1 and 0.5 eV/Å; reasons in docs/monitor.md). ``threshold_source`` says which.
+        ``math.inf`` disables.
         Comparisons are strict (``value > threshold``); a non-finite value counts as infinite.
     reduce : {"max", "mean", "percentile95"} or callable
         Per-structure reduction of the per-atom values (isolated atoms excluded, they are
@@ -204,8 +208,11 @@ class UncertaintyMonitor:
                  append: bool = False):
         self.atoms = _underlying_atoms(atoms)
         self.measure = get_measure(measure)
-        self.flag_threshold = float(self.measure.flag_threshold if flag_threshold is None else flag_threshold)
-        self.halt_threshold = float(self.measure.halt_threshold if halt_threshold is None else halt_threshold)
+        data_flag, data_halt, self.threshold_source = self._default_thresholds(reduce)
+        self.flag_threshold = float(data_flag if flag_threshold is None else flag_threshold)
+        self.halt_threshold = float(data_halt if halt_threshold is None else halt_threshold)
+        if flag_threshold is not None and halt_threshold is not None:
+            self.threshold_source = "given"
         if math.isnan(self.flag_threshold) or math.isnan(self.halt_threshold):
             raise ValueError("thresholds must be numbers (use math.inf to disable)")
         if callable(reduce):
@@ -243,6 +250,23 @@ class UncertaintyMonitor:
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------
+
+    def _default_thresholds(self, reduce) -> tuple[float, float, str]:
+        """(flag, halt, where they come from) when none are given: for the largest gamma of a structure,
+        the thresholds of the calculator's active set for this many atoms (from the in-domain grades of
+        held-out training structures, ``ActiveSet.thresholds``) when it has them, else the measure's fixed
+        defaults."""
+        if self.measure.key == "gamma" and reduce == "max":
+            active_set = getattr(getattr(self.atoms, "calc", None), "active_set", None)
+            thresholds = getattr(active_set, "thresholds", None)
+            values = thresholds(len(self.atoms)) if callable(thresholds) and len(self.atoms) else None
+            if values is not None:
+                return values[0], values[1], f"active set: in-domain grades of held-out structures, {len(self.atoms)} atoms"
+            if active_set is not None:
+                return (self.measure.flag_threshold, self.measure.halt_threshold,
+                        "fixed defaults (the active set carries no in-domain grade distribution: built by pacemaker "
+                        "or by an older ace_uq_calc; rebuild it with ace-uq activeset for data thresholds)")
+        return self.measure.flag_threshold, self.measure.halt_threshold, "fixed defaults of the measure"
 
     def reset(self) -> None:
         """Forget the halt state and all counters (e.g. to continue a run after a halt)."""
@@ -593,6 +617,7 @@ class UncertaintyMonitor:
             "reduce": self.reduce_name,
             "flag_threshold": _finite(self.flag_threshold),
             "halt_threshold": _finite(self.halt_threshold),
+            "threshold_source": self.threshold_source,
             "patience": self.patience,
             "min_flag_gap": self.min_flag_gap,
             "checks": len(self.history),
